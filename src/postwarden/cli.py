@@ -8,36 +8,165 @@ Standards: exit codes of DESIGN.md (0 clean, 1 findings, 2 usage or input error)
 from __future__ import annotations
 
 import argparse
+import io
+import json
 import sys
 from collections.abc import Sequence
 
 from postwarden import __version__
-from postwarden.errors import PostwardenError
+from postwarden.errors import ConfigError, PostwardenError, UsageError
+from postwarden.postfix import postconf
+from postwarden.postfix.check import SEVERITIES, check
+from postwarden.postfix.config import PostfixConfig
+from postwarden.postfix.expand import ExpansionError
 
 EXIT_OK = 0
 EXIT_FINDINGS = 1
 EXIT_USAGE = 2
+DEFAULT_CONFIG_DIR = "/etc/postfix"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports usage errors as one line and exit code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def _config_show(args: argparse.Namespace) -> int:
+    """``config show``: print what postconf prints with the same flags."""
+    config = PostfixConfig.load(args.config_dir)
+    for warning in config.warnings:
+        if warning.code != "missing-master" or args.master or args.params:
+            _warn(warning.render())
+    try:
+        if args.master:
+            out = postconf.show_master(config, args.names, evaluate=args.expand,
+                                       fold=args.fold)
+        elif args.params:
+            out = postconf.show_master_params(config, args.names, evaluate=args.expand,
+                                              hide_name=args.hide_name, fold=args.fold)
+        else:
+            out = postconf.show_main(config, args.names, nondefault=args.nondefault,
+                                     evaluate=args.expand, defaults=args.defaults,
+                                     hide_name=args.hide_name, fold=args.fold)
+    except ExpansionError as exc:
+        raise _locate(config, exc) from None
+    for line in out.lines:
+        print(line)
+    for message in out.warnings:
+        _warn(message)
+    if not args.defaults:
+        for unused in config.unused():
+            _warn(unused.render())
+    return EXIT_OK
+
+
+def _locate(config: PostfixConfig, exc: ExpansionError) -> ConfigError:
+    """Name the file and line of the first value that fails to expand like this."""
+    for definition in config.main:
+        try:
+            config.expand(definition.value)
+        except ExpansionError as found:
+            return ConfigError(config.main.path, definition.lineno,
+                               f"{definition.name}: {found}")
+    for service in config.services:
+        for name, value in service.postconf_params().items():
+            try:
+                config.expand(value, service=service)
+            except ExpansionError as found:
+                path = config.master.path if config.master else "master.cf"
+                return ConfigError(path, service.lineno, f"{service.key}: {name}: {found}")
+    return ConfigError(config.main.path, None, str(exc))
+
+
+def _config_check(args: argparse.Namespace) -> int:
+    """``config check``: postconf's warnings and more, each with file:line and a fix."""
+    config = PostfixConfig.load(args.config_dir)
+    findings = check(config)
+    if args.format == "json":
+        print(json.dumps({
+            "config_directory": args.config_dir,
+            "postfix_defaults": config.table.source,
+            "findings": [f.to_json() for f in findings],
+        }, indent=2))
+    else:
+        for f in findings:
+            print(f"{f.where()}: {f.severity}: {f.id}: {f.title}")
+            print(f"    {f.evidence}")
+            print(f"    fix: {f.fix}")
+        print(f"{len(findings)} finding(s) in {args.config_dir}")
+    threshold = SEVERITIES.index(args.fail_on)
+    failing = [f for f in findings if SEVERITIES.index(f.severity) <= threshold]
+    return EXIT_FINDINGS if failing else EXIT_OK
+
+
+def _warn(message: str) -> None:
+    print(f"postwarden: warning: {message}", file=sys.stderr)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="postwarden",
         description="Audit, harden, enforce, probe and watch a Postfix mail server.",
     )
     parser.add_argument("--version", action="version", version=f"postwarden {__version__}")
-    parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    config = commands.add_parser("config", help="read a Postfix configuration as Postfix does")
+    config_commands = config.add_subparsers(dest="config_command", metavar="ACTION",
+                                            parser_class=_Parser, required=True)
+
+    show = config_commands.add_parser(
+        "show", add_help=False, help="print what postconf prints, with the same flags",
+        description="Print what `postconf -c DIR` prints with the same flags.")
+    show.add_argument("--help", action="help", help="show this help and exit")
+    show.add_argument("-c", dest="config_dir", default=DEFAULT_CONFIG_DIR, metavar="DIR",
+                      help=f"Postfix configuration directory (default {DEFAULT_CONFIG_DIR})")
+    show.add_argument("-n", dest="nondefault", action="store_true",
+                      help="only parameters set in main.cf")
+    show.add_argument("-x", dest="expand", action="store_true", help="expand $name")
+    show.add_argument("-d", dest="defaults", action="store_true", help="default values")
+    show.add_argument("-h", dest="hide_name", action="store_true",
+                      help="values only, without 'name ='")
+    show.add_argument("-f", dest="fold", action="store_true", help="fold long lines")
+    mode = show.add_mutually_exclusive_group()
+    mode.add_argument("-M", dest="master", action="store_true", help="master.cf entries")
+    mode.add_argument("-P", dest="params", action="store_true",
+                      help="master.cf -o parameters (service/type/name = value)")
+    show.add_argument("names", nargs="*", metavar="NAME",
+                      help="parameter names, or service[/type[/parameter]] with -M and -P")
+    show.set_defaults(handler=_config_show)
+
+    chk = config_commands.add_parser(
+        "check", help="report what postconf warns about, with file:line and fixes")
+    chk.add_argument("-c", dest="config_dir", default=DEFAULT_CONFIG_DIR, metavar="DIR",
+                     help=f"Postfix configuration directory (default {DEFAULT_CONFIG_DIR})")
+    chk.add_argument("--format", choices=("text", "json"), default="text")
+    chk.add_argument("--fail-on", choices=SEVERITIES, default="high",
+                     help="exit 1 when a finding is at least this severe (default high)")
+    chk.set_defaults(handler=_config_check)
     return parser
 
 
+def _tolerate_any_bytes() -> None:
+    """Print bytes read from files as they were, even when they are not UTF-8."""
+    for stream in (sys.stdout, sys.stderr):
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(errors="surrogateescape")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    _tolerate_any_bytes()
     parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
-        return EXIT_USAGE
     try:
-        handler = args.handler
-        return int(handler(args))
+        args = parser.parse_args(argv)
+        if args.command is None:
+            parser.print_help()
+            return EXIT_USAGE
+        return int(args.handler(args))
     except PostwardenError as exc:
         print(f"postwarden: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
