@@ -19,7 +19,7 @@ MAX_QUOTE = 60
 def clip(text: str, limit: int = MAX_QUOTE) -> str:
     """Quote untrusted text for an error line: printable, bounded, one line."""
     shown = text if len(text) <= limit else text[:limit] + "..."
-    return shown.encode("unicode_escape", "backslashreplace").decode("ascii").replace('"', '\\"')
+    return shown.encode("unicode_escape", "backslashreplace").decode("ascii")
 
 
 class PostwardenError(Exception):

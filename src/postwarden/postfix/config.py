@@ -27,6 +27,7 @@ is unused: postconf leaves it out of ``-n`` and warns about it.
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -95,9 +96,16 @@ class PostfixConfig:
              facts: hostmod.HostFacts | None = None) -> PostfixConfig:
         """Read DIR/main.cf and DIR/master.cf; a missing master.cf is only a warning."""
         config_dir = str(config_dir)
-        if not os.path.isdir(config_dir):
-            reason = "not a directory" if os.path.exists(config_dir) else "no such directory"
-            raise ConfigError(config_dir, None, reason)
+        try:
+            is_dir = stat.S_ISDIR(os.stat(config_dir).st_mode)
+        except FileNotFoundError:
+            raise ConfigError(config_dir, None, "no such directory") from None
+        except PermissionError:
+            raise ConfigError(config_dir, None, "permission denied") from None
+        except OSError as exc:
+            raise ConfigError(config_dir, None, exc.strerror or "cannot read") from None
+        if not is_dir:
+            raise ConfigError(config_dir, None, "not a directory")
         main = MainCf.read(Path(f"{config_dir}/main.cf"))
         master_path = Path(f"{config_dir}/master.cf")
         master: MasterCf | None = None

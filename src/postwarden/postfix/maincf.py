@@ -137,6 +137,12 @@ def _list_items(value: str) -> list[str]:
     return items
 
 
+def _contains(items: list[str], item: str) -> bool:
+    """Whether the words of item ('check_policy_service unix:x') appear in a row in items."""
+    words = _list_items(item)
+    return any(items[i : i + len(words)] == words for i in range(len(items)))
+
+
 class MainCf:
     """A main.cf file: its exact text and the definitions Postfix reads from it."""
 
@@ -263,13 +269,13 @@ class MainCf:
             self.set(name, item)
             return
         items = _list_items(current)
-        if item in items:
+        if _contains(items, item):
             return
         d = self.find(name)[-1]
         if before is not None and before in items:
             index = self._line_holding(d, before)
             line = self.lines[index]
-            position = self._token_position(line, before, index == d.first)
+            position, _ = self._token_span(line, before, index == d.first)
             self.lines[index] = line[:position] + item + ", " + line[position:]
         elif d.last > d.first:
             last = self.lines[d.last]
@@ -290,13 +296,12 @@ class MainCf:
     def remove_from_list(self, name: str, item: str) -> bool:
         """Remove item from a list value, touching only the line that holds it."""
         current = self.get(name)
-        if current is None or item not in _list_items(current):
+        if current is None or not _contains(_list_items(current), item):
             return False
         d = self.find(name)[-1]
         index = self._line_holding(d, item)
         line = self.lines[index]
-        start = self._token_position(line, item, index == d.first)
-        end = start + len(item)
+        start, end = self._token_span(line, item, index == d.first)
         body_end = len(lexer.strip_newline(line))
         # Take the separators after the item when more follows on this line, else the ones
         # before it (never past the '=' of the first line).
@@ -324,20 +329,26 @@ class MainCf:
             if lexer.is_ignored(line) and index != d.first:
                 continue
             text = line.split("=", 1)[1] if index == d.first else line
-            if item in _list_items(text):
+            if _contains(_list_items(text), item):
                 return index
         raise EditError(f"{self.path}: cannot find {clip(item)} in {d.name}")
 
     @staticmethod
-    def _token_position(line: str, item: str, is_first: bool) -> int:
+    def _token_span(line: str, item: str, is_first: bool) -> tuple[int, int]:
+        """Start and end offsets of the words of item within one physical line."""
         offset = line.index("=") + 1 if is_first else 0
         body = line[offset:]
+        count = len(_list_items(item))
+        spans: list[tuple[int, int]] = []
         position = 0
         for token in _list_items(body):
             position = body.index(token, position)
-            if token == item:
-                return offset + position
+            spans.append((position, position + len(token)))
             position += len(token)
+        tokens = _list_items(body)
+        for index in range(len(tokens)):
+            if tokens[index : index + count] == _list_items(item):
+                return offset + spans[index][0], offset + spans[index + count - 1][1]
         raise EditError(f"cannot find {clip(item)} in line {clip(line)}")
 
     def write(self, path: Path | None = None) -> None:

@@ -156,17 +156,21 @@ def check_fields(words: list[str], text: str) -> str | None:
     """postconf's per-field checks; the error message, or None when the entry is valid."""
     if len(words) < len(FIELDS):
         return "bad field count"
-    shown = text.replace("\n", " ")
+    shown = clip(text.replace("\n", " "), 80)
+
+    def invalid(index: int) -> str:
+        return f'invalid {FIELDS[index]} field "{clip(words[index], 40)}" in "{shown}"'
+
     if words[1] not in TYPES:
-        return f'invalid type field "{words[1]}" in "{shown}"'
+        return invalid(1)
     for index in (2, 3, 4):
         if words[index] not in ("y", "n", "-"):
-            return f'invalid {FIELDS[index]} field "{words[index]}" in "{shown}"'
+            return invalid(index)
     wakeup = words[5].removesuffix("?")
     if words[5] != "-" and not all("0" <= ch <= "9" for ch in wakeup):
-        return f'invalid wakeup field "{words[5]}" in "{shown}"'
+        return invalid(5)
     if words[6] != "-" and not all("0" <= ch <= "9" for ch in words[6]):
-        return f'invalid maxproc field "{words[6]}" in "{shown}"'
+        return invalid(6)
     return None
 
 
@@ -291,9 +295,7 @@ class MasterCf:
         for line in logical:
             entry = parse_entry(line.text, line.first, line.last)
             if isinstance(entry, str):
-                if entry == "bad field count":
-                    raise ConfigError(self.path, line.lineno, entry)
-                raise ConfigError(self.path, line.lineno, clip(entry, 200))
+                raise ConfigError(self.path, line.lineno, entry)
             self.services.append(entry)
         self.commented = _commented_services(self.lines)
 
