@@ -33,6 +33,7 @@ from pathlib import Path
 
 from postwarden.errors import ConfigError
 from postwarden.postfix import host as hostmod
+from postwarden.postfix import lexer
 from postwarden.postfix.defaults import DefaultsTable
 from postwarden.postfix.defaults import load as load_defaults
 from postwarden.postfix.expand import Expansion, expand, references
@@ -158,7 +159,7 @@ class PostfixConfig:
         if classes is not None:
             # dict_eval(): expanded against this name space alone; an error is fatal there.
             expanded = expand(classes, space.get).text
-            for token in _split(expanded, COMMA_SPACE):
+            for token in lexer.tokens(expanded, COMMA_SPACE):
                 self._flag(token, scope, source)
         for name, value in list(space.items()):
             if name in self.table.readonly:
@@ -308,17 +309,3 @@ class PostfixConfig:
     def service(self, name: str, type_: str = "inet") -> Service | None:
         return self.master.get(name, type_) if self.master is not None else None
 
-
-def _split(text: str, separators: str) -> list[str]:
-    tokens: list[str] = []
-    current: list[str] = []
-    for ch in text:
-        if ch in separators:
-            if current:
-                tokens.append("".join(current))
-                current = []
-        else:
-            current.append(ch)
-    if current:
-        tokens.append("".join(current))
-    return tokens

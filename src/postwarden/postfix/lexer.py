@@ -68,6 +68,22 @@ class Dropped:
     first: int
 
 
+def tokens(text: str, separators: str) -> list[str]:
+    """Non-empty runs of text between separator characters (Postfix's mystrtok loop)."""
+    found: list[str] = []
+    current: list[str] = []
+    for ch in text:
+        if ch in separators:
+            if current:
+                found.append("".join(current))
+                current = []
+        else:
+            current.append(ch)
+    if current:
+        found.append("".join(current))
+    return found
+
+
 def split_physical(text: str) -> list[str]:
     """Split into physical lines on '\\n' only, each keeping its ending."""
     lines = text.split("\n")

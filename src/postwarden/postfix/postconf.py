@@ -21,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from postwarden.errors import PostwardenError
+from postwarden.postfix import lexer
 from postwarden.postfix.config import PostfixConfig
 from postwarden.postfix.mastercf import Service
 
@@ -44,7 +45,7 @@ def print_line(text: str, fold: bool = False) -> str:
     """pcf_print_line(): words joined by one space, optionally folded at 80 columns."""
     out: list[str] = []
     length = 0
-    for word in _words(text):
+    for word in lexer.tokens(text, SEPARATORS):
         if length > 0:
             if not fold or length + len(word) < LINE_LIMIT:
                 out.append(" ")
@@ -55,21 +56,6 @@ def print_line(text: str, fold: bool = False) -> str:
         out.append(word)
         length += len(word)
     return "".join(out)
-
-
-def _words(text: str) -> list[str]:
-    words: list[str] = []
-    current: list[str] = []
-    for ch in text:
-        if ch in SEPARATORS:
-            if current:
-                words.append("".join(current))
-                current = []
-        else:
-            current.append(ch)
-    if current:
-        words.append("".join(current))
-    return words
 
 
 def show_main(config: PostfixConfig, names: list[str], *, nondefault: bool = False,
