@@ -40,6 +40,8 @@ def _config_show(args: argparse.Namespace) -> int:
         if warning.code != "missing-master" or args.master or args.params:
             _warn(warning.render())
     try:
+        if not args.defaults:
+            config.compute_host_defaults()
         if args.master:
             out = postconf.show_master(config, args.names, evaluate=args.expand,
                                        fold=args.fold)

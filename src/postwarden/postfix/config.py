@@ -33,10 +33,10 @@ from pathlib import Path
 
 from postwarden.errors import ConfigError
 from postwarden.postfix import host as hostmod
-from postwarden.postfix import lexer
+from postwarden.postfix import lexer, mastercf
 from postwarden.postfix.defaults import DefaultsTable
 from postwarden.postfix.defaults import load as load_defaults
-from postwarden.postfix.expand import Expansion, expand, references
+from postwarden.postfix.expand import Expansion, ExpansionError, expand, references
 from postwarden.postfix.maincf import MainCf
 from postwarden.postfix.mastercf import MasterCf, Service
 
@@ -137,12 +137,20 @@ class PostfixConfig:
                     self.names.service.setdefault(name, default)
 
     def _namespaces(self) -> dict[str, dict[str, str]]:
-        """Each service's ``-o`` settings as postconf reads them, merged per name/type."""
+        """Each service's ``-o`` settings as postconf reads them, merged per name/type.
+
+        postconf keeps one name space per name/type, shared by duplicate entries, and
+        gives it to an entry only once it exists: entries before the first one with an
+        ``-o`` have none (``with_params`` records which entries have one).
+        """
         spaces: dict[str, dict[str, str]] = {}
-        for service in self.services:
+        self.with_params: set[int] = set()
+        for index, service in enumerate(self.services):
             params = service.postconf_params()
             if params:
                 spaces.setdefault(service.key, {}).update(params)
+            if service.key in spaces:
+                self.with_params.add(index)
         return spaces
 
     def _register_user_parameters(self) -> None:
@@ -174,8 +182,42 @@ class PostfixConfig:
                 continue
             for ref in references(value):
                 self._flag(ref, scope, source)
+            if name in self.names.builtin or name in self.names.service:
+                # postconf expands every built-in and service-defined value here, to find
+                # legacy "type:prefix" tables; a value it cannot expand stops it.
+                try:
+                    expanded = self.expand(value, service=self._scope_service(scope)).text
+                except ExpansionError as exc:
+                    line = self._line_of(name) if scope is None else self._service_line(scope)
+                    raise ConfigError(source, line, f"{name}: {exc}") from None
+                self._register_dbms(expanded, scope, source)
 
-    def _flag(self, name: str, scope: str | None, source: str) -> None:
+    def _scope_service(self, scope: str | None) -> Service | None:
+        if scope is None:
+            return None
+        return [s for s in self.services if s.key == scope][-1]
+
+    def _register_dbms(self, text: str, scope: str | None, source: str) -> None:
+        """pcf_register_dbms_helper(): 'ldap:foo' makes foo_server_host and friends valid."""
+        for token in mastercf.split_words(text, COMMA_SPACE):
+            if token.startswith("{"):
+                self._register_dbms(mastercf.extract_braced(token, strip=False), scope, source)
+                continue
+            db_type, colon, prefix = token.partition(":")
+            while colon and db_type == "proxy":
+                db_type, colon, prefix = prefix.partition(":")
+            # XXX: "type:/path" makes postconf check that client configuration file too;
+            # that only adds warnings about the file, so it is left to the audit.
+            if not colon or prefix.startswith(("/", ".")):
+                continue
+            if prefix.startswith("{"):
+                self._register_dbms(mastercf.extract_braced(prefix, strip=False), scope,
+                                    source)
+                continue
+            for suffix in self.table.dbms_suffixes.get(db_type, ()):
+                self._flag(f"{prefix}_{suffix}", scope, source, dbms=True)
+
+    def _flag(self, name: str, scope: str | None, source: str, dbms: bool = False) -> None:
         supplied = False
         if scope is not None and name in self.namespaces.get(scope, {}):
             supplied = True
@@ -189,7 +231,7 @@ class PostfixConfig:
                 if name in space:
                     supplied = True
                     self.names.local[key].add(name)
-        if not supplied and not self.names.known(name):
+        if not supplied and not dbms and not self.names.known(name):
             self.warnings.append(Warning_(source, None, f"undefined parameter: {name}",
                                           "undefined"))
 
@@ -254,6 +296,17 @@ class PostfixConfig:
             return ""
         return None
 
+    def compute_host_defaults(self) -> None:
+        """Compute the host-dependent defaults main.cf leaves unset, as postconf always does.
+
+        postconf scans every default value when it reads main.cf, and computing these
+        evaluates main.cf settings (mydomain, inet_interfaces, mynetworks_style, ...): a
+        setting that cannot be evaluated stops it there (ExpansionError here).
+        """
+        for name in ("myhostname", "mydomain", "mynetworks"):
+            if name not in self.params:
+                self.default(name)
+
     def _eval_main(self, name: str, main: dict[str, str]) -> str | None:
         """mail_conf_lookup_eval(): a main.cf value expanded against main.cf alone."""
         value = main.get(name)
@@ -271,7 +324,7 @@ class PostfixConfig:
 
         interfaces = hostmod.select_interfaces(
             self.facts, setting("inet_interfaces"), setting("inet_protocols"))
-        return hostmod.mynetworks(interfaces, setting("mynetworks_style").strip())
+        return hostmod.mynetworks(interfaces, hostmod.check_style(setting("mynetworks_style")))
 
     def lookup(self, name: str, *, service: Service | None = None,
                pure: bool = False) -> str | None:

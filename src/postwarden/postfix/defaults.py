@@ -27,6 +27,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -39,6 +40,7 @@ from postwarden.errors import PostwardenError
 HOST_DEPENDENT = ("myhostname", "mydomain", "mynetworks", "process_id", "process_name")
 READONLY = ("process_id", "process_name", "service_name")
 PROGRAMS = ("local", "error", "virtual", "smtp", "lmtp", "pipe", "spawn")
+DBMS_TYPES = ("ldap", "mysql", "pgsql", "sqlite", "memcache")
 LEGACY_CANDIDATES = (
     "virtual_maps", "fallback_relay", "authorized_verp_clients",
     "smtpd_client_connection_limit_exceptions", "postscreen_dnsbl_ttl",
@@ -69,6 +71,7 @@ class DefaultsTable:
     legacy: frozenset[str]
     readonly: frozenset[str]
     service_suffixes: dict[str, dict[str, str]]
+    dbms_suffixes: dict[str, tuple[str, ...]]
     source: str
 
     def is_builtin(self, name: str) -> bool:
@@ -89,6 +92,7 @@ class DefaultsTable:
             "raw": sorted(self.raw),
             "legacy": sorted(self.legacy),
             "service_suffixes": self.service_suffixes,
+            "dbms_suffixes": {k: list(v) for k, v in sorted(self.dbms_suffixes.items())},
         }
 
     @classmethod
@@ -101,8 +105,10 @@ class DefaultsTable:
 
         defaults = data.get("defaults")
         suffixes = data.get("service_suffixes")
-        if not isinstance(defaults, dict) or not isinstance(suffixes, dict):
-            raise DefaultsError(f"{source}: defaults and service_suffixes must be tables")
+        dbms = data.get("dbms_suffixes", {})
+        if not (isinstance(defaults, dict) and isinstance(suffixes, dict)
+                and isinstance(dbms, dict)):
+            raise DefaultsError(f"{source}: defaults and *_suffixes must be tables")
         return cls(
             mail_version=str(data.get("mail_version", "")),
             defaults={str(k): str(v) for k, v in defaults.items()},
@@ -111,6 +117,8 @@ class DefaultsTable:
                 str(prog): {str(k): str(v) for k, v in table.items()}
                 for prog, table in suffixes.items() if isinstance(table, dict)
             },
+            dbms_suffixes={str(k): tuple(str(s) for s in v) for k, v in dbms.items()
+                           if isinstance(v, list)},
             source=source,
         )
 
@@ -175,13 +183,45 @@ def probe(postconf: str) -> DefaultsTable:
 
         _write(base, "".join(f"{name} = probe\n" for name in LEGACY_CANDIDATES), "")
         legacy = frozenset(_run(postconf, base, "-n")) - {"config_directory"}
+
+        dbms = {db: _probe_dbms(postconf, base, db) for db in DBMS_TYPES}
     for name in HOST_DEPENDENT:
         defaults.pop(name, None)
     return DefaultsTable(
         mail_version=defaults.get("mail_version", ""),
         defaults=defaults, raw=raw, legacy=legacy, readonly=frozenset(READONLY),
-        service_suffixes=suffixes, source=f"live {postconf} -d",
+        service_suffixes=suffixes, dbms_suffixes=dbms, source=f"live {postconf} -d",
     )
+
+
+_IDENTIFIER = re.compile(rb"[a-z][a-z0-9_]{1,40}")
+
+
+def _underscores(word: str) -> list[int]:
+    return [i for i, ch in enumerate(word) if ch == "_"]
+
+
+def _probe_dbms(postconf: str, base: Path, db_type: str) -> tuple[str, ...]:
+    """The legacy ``prefix_suffix`` names a ``db_type:prefix`` table makes valid.
+
+    postconf keeps each lookup-table type's option names (ldap_table(5) and friends) in a
+    compiled-in list. The candidates are the identifiers in the postconf binary itself and
+    their tails after each '_' (a compiler may store "ttl" as the tail of "dns_ttl"); the
+    ones postconf accepts after ``alias_maps = db_type:pwprobe`` are the list.
+    """
+    try:
+        binary = Path(postconf).read_bytes()
+    except OSError as exc:
+        raise DefaultsError(f"{postconf}: {exc.strerror}") from None
+    words = {m.decode() for m in _IDENTIFIER.findall(binary)}
+    candidates = sorted({word[i + 1:] if i >= 0 else word
+                         for word in words for i in [-1, *_underscores(word)]} - {""})
+    main_cf = f"alias_maps = {db_type}:pwprobe\n" + "".join(
+        f"pwprobe_{name} = 1\n" for name in candidates)
+    _write(base, main_cf, "")
+    accepted = _run(postconf, base, "-n")
+    return tuple(sorted(name.removeprefix("pwprobe_") for name in accepted
+                        if name.startswith("pwprobe_")))
 
 
 def _version_key(version: str) -> tuple[int, ...]:

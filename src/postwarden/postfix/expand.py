@@ -39,8 +39,11 @@ Lookup = Callable[[str], str | None]
 # mac_expand.c: "if (mc->level++ > 100)": nesting deeper than this is an error.
 MAX_NESTING = 100
 # Relational operands start a fresh mac_expand() in Postfix, with a fresh nesting count, so
-# a value that refers to itself through an operand recurses without end there. We stop.
-MAX_CALLS = 10_000
+# a value that refers to itself through an operand recurses without end there (until its
+# stack overflows). We stop at a total depth no real configuration comes near, and at a
+# number of expansions that bounds the work a value like a=$b$b, b=$c$c, ... can cause.
+MAX_DEPTH = 150
+MAX_CALLS = 200_000
 
 ASCII_SPACE = " \t\n\v\f\r"
 OPERATOR_CHARS = "<>!=?+-*/~&|%"
@@ -170,6 +173,7 @@ class _Expander:
         self.referenced: list[str] = []
         self.undefined: list[str] = []
         self.calls = 0
+        self.depth = 0
 
     def run(self, value: str, level: int) -> None:
         for is_expr, text in _parse(value):
@@ -189,8 +193,15 @@ class _Expander:
 
     def expression(self, text: str, level: int) -> None:
         self.calls += 1
-        if level > MAX_NESTING or self.calls > MAX_CALLS:
-            raise ExpansionError(f'unreasonable macro call nesting: "{clip(text)}"')
+        self.depth += 1
+        try:
+            if level > MAX_NESTING or self.depth > MAX_DEPTH or self.calls > MAX_CALLS:
+                raise ExpansionError(f'unreasonable macro call nesting: "{clip(text)}"')
+            self._expression(text, level)
+        finally:
+            self.depth -= 1
+
+    def _expression(self, text: str, level: int) -> None:
         i = _skip_space(text, 0)
         lookup: str | None
         if i < len(text) and text[i] == "{":

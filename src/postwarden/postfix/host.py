@@ -14,18 +14,22 @@ address's prefix length. ``mynetworks`` turns the addresses into Postfix's defau
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import ipaddress
 import socket
 from dataclasses import dataclass
 
+from postwarden.errors import PostwardenError
+
 IFF_LOOPBACK = 0x8
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 @dataclass(frozen=True)
 class Interface:
-    address: ipaddress.IPv4Address | ipaddress.IPv6Address
+    address: IPAddress
     prefixlen: int
     loopback: bool
 
@@ -127,29 +131,84 @@ def _classful(address: ipaddress.IPv4Address) -> int:
     return 4
 
 
-def select_interfaces(facts: HostFacts, inet_interfaces: str,
-                      inet_protocols: str) -> list[Interface]:
-    """The addresses Postfix listens on (own_inet_addr_list), filtered by protocol."""
-    tokens = [t for t in inet_interfaces.replace(",", " ").split() if t]
-    protocols = {t for t in inet_protocols.replace(",", " ").split()}
-    want4 = bool(protocols & {"all", "ipv4"})
-    want6 = bool(protocols & {"all", "ipv6"}) and socket.has_ipv6
-    chosen: list[Interface] = []
-    for iface in facts.interfaces:
-        if iface.address.version == 4 and not want4:
-            continue
-        if iface.address.version == 6 and not want6:
-            continue
-        if (
-            "all" in tokens
-            or ("loopback-only" in tokens and iface.loopback)
-            or str(iface.address) in tokens
-            or (
-            iface.loopback and {"localhost", "127.0.0.1"} & set(tokens)
-            and iface.address.version == 4)
-        ):
-            chosen.append(iface)
+class HostError(PostwardenError):
+    """A host-dependent setting Postfix could not apply (its programs would stop)."""
+
+
+def _families(inet_protocols: str) -> set[int]:
+    tokens = set(inet_protocols.replace(",", " ").split())
+    families = set()
+    if tokens & {"all", "ipv4"}:
+        families.add(4)
+    if tokens & {"all", "ipv6"} and socket.has_ipv6:
+        families.add(6)
+    return families
+
+
+def _resolve(name: str, families: set[int], hosts_file: str) -> list[IPAddress]:
+    """inet_addr_host() without DNS: an address literal, or the names in /etc/hosts."""
+    try:
+        literal = ipaddress.ip_address(name.strip("[]"))
+    except ValueError:
+        pass
+    else:
+        return [literal] if literal.version in families else []
+    found: list[IPAddress] = []
+    try:
+        with open(hosts_file, encoding="utf-8", errors="replace") as handle:
+            for line in handle:
+                fields = line.split("#", 1)[0].split()
+                if len(fields) > 1 and name.lower() in (f.lower() for f in fields[1:]):
+                    with contextlib.suppress(ValueError):
+                        address = ipaddress.ip_address(fields[0])
+                        if address.version in families and address not in found:
+                            found.append(address)
+    except OSError:
+        pass
+    return found
+
+
+def select_interfaces(facts: HostFacts, inet_interfaces: str, inet_protocols: str,
+                      hosts_file: str = "/etc/hosts") -> list[Interface]:
+    """own_inet_addr_list(): the addresses Postfix listens on, with their netmasks.
+
+    'all' and 'loopback-only' count only as the whole value, as in own_inet_addr.c; other
+    words are addresses or host names (resolved from /etc/hosts: postwarden asks no DNS).
+    """
+    families = _families(inet_protocols)
+    present = [i for i in facts.interfaces if i.address.version in families]
+    if inet_interfaces == "all":
+        return present
+    if inet_interfaces == "loopback-only":
+        return [i for i in present if i.loopback]
+    addresses: list[IPAddress] = []
+    for name in inet_interfaces.replace(",", " ").split():
+        found = _resolve(name, families, hosts_file)
+        if not found:
+            raise HostError(f"config variable inet_interfaces: host not found: {name}")
+        addresses += [a for a in found if a not in addresses]
+    chosen = []
+    for address in addresses:
+        match = [i for i in present if i.address == address]
+        if not match:
+            raise HostError(
+                f"parameter inet_interfaces: no local interface found for {address}")
+        chosen.append(match[0])
     return chosen
+
+
+MASK_STYLES = ("host", "subnet", "class")
+
+
+def check_style(style: str) -> str:
+    """name_mask() on mynetworks_style: exactly one of host, subnet, class."""
+    words = style.replace(",", " ").split()
+    for word in words:
+        if word not in MASK_STYLES:
+            raise HostError(f'unknown mynetworks mask style value "{word}" in "{style}"')
+    if len(set(words)) != 1:
+        raise HostError(f"bad mynetworks_style value: {style}; specify exactly one value")
+    return words[0]
 
 
 def mynetworks(interfaces: list[Interface], style: str) -> str:

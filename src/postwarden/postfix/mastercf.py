@@ -40,12 +40,13 @@ class MasterEntryError(PostwardenError):
     """A master.cf entry postconf would refuse (its message is postconf's)."""
 
 
-def split_words(text: str) -> list[str]:
-    """Split on blanks, keeping a balanced '{...}' (and what is glued to it) as one word."""
+def split_words(text: str, separators: str = BLANKS) -> list[str]:
+    """mystrtokq(): split on separators, keeping a balanced '{...}' (and what is glued to
+    it) as one word."""
     words: list[str] = []
     i, end = 0, len(text)
     while True:
-        while i < end and text[i] in BLANKS:
+        while i < end and text[i] in separators:
             i += 1
         if i >= end:
             return words
@@ -56,14 +57,14 @@ def split_words(text: str) -> list[str]:
                 level += 1
             elif level > 0 and ch == "}":
                 level -= 1
-            elif level == 0 and ch in BLANKS:
+            elif level == 0 and ch in separators:
                 break
             i += 1
         words.append(text[start:i])
 
 
-def extract_braced(word: str) -> str:
-    """'{ text }' -> 'text', as extpar(EXTPAR_FLAG_STRIP) does (errors are tolerated)."""
+def extract_braced(word: str, strip: bool = True) -> str:
+    """'{ text }' -> 'text', as extpar() does (errors are tolerated)."""
     level, close = 1, -1
     for index in range(1, len(word)):
         if word[index] == "{":
@@ -74,7 +75,7 @@ def extract_braced(word: str) -> str:
                 close = index
                 break
     inner = word[1:close] if close > 0 else word[1:]
-    return inner.strip(lexer.SPACE)
+    return inner.strip(lexer.SPACE) if strip else inner
 
 
 def postconf_args(words: list[str]) -> list[str]:
@@ -167,7 +168,7 @@ def check_fields(words: list[str], text: str) -> str | None:
         if words[index] not in ("y", "n", "-"):
             return invalid(index)
     wakeup = words[5].removesuffix("?")
-    if words[5] != "-" and not all("0" <= ch <= "9" for ch in wakeup):
+    if wakeup != "-" and not all("0" <= ch <= "9" for ch in wakeup):
         return invalid(5)
     if words[6] != "-" and not all("0" <= ch <= "9" for ch in words[6]):
         return invalid(6)

@@ -211,9 +211,9 @@ def show_master_params(config: PostfixConfig, patterns: list[str], *, evaluate: 
         text = value if hide_name else f"{service.key}/{name} = {value}"
         output.lines.append(print_line(text, fold))
 
-    for service in config.services:
+    for index, service in enumerate(config.services):
         space = config.namespaces.get(service.key)
-        if not space:
+        if not space or index not in config.with_params:
             continue
         if not parsed:
             for name in sorted(space, key=_c_order):

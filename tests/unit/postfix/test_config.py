@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from postwarden.errors import ConfigError
+from postwarden.errors import ConfigError, PostwardenError
 from postwarden.postfix import defaults
 from postwarden.postfix.check import check
 from postwarden.postfix.config import PostfixConfig
@@ -138,3 +138,41 @@ def test_shipped_table_matches_the_installed_postfix() -> None:
         assert table.legacy == live.legacy
         assert table.service_suffixes == live.service_suffixes
     assert {"smtpd_expansion_filter", "default_rbl_reply"} <= live.raw
+
+
+@pytest.mark.parametrize(
+    ("main", "message"),
+    [
+        ("inet_interfaces = no-such-host.invalid\n", "host not found: no-such-host.invalid"),
+        ("inet_interfaces = 203.0.113.9\n", "no local interface found for 203.0.113.9"),
+        ("mynetworks_style = subnet, network\n", 'unknown mynetworks mask style value "network"'),
+        ("mynetworks_style = host subnet\n", "specify exactly one value"),
+        ("compatibility_level = three\n", "malformed compatibility level"),
+    ],
+)
+def test_host_settings_postfix_cannot_apply(tmp_path: Path, main: str, message: str) -> None:
+    (tmp_path / "main.cf").write_text(main)
+    (tmp_path / "master.cf").write_text("")
+    config = PostfixConfig.load(tmp_path, table=defaults.shipped(), facts=FACTS)
+    with pytest.raises(PostwardenError, match=message):
+        config.compute_host_defaults()
+
+
+def test_legacy_table_parameters_count_as_used(tmp_path: Path) -> None:
+    (tmp_path / "main.cf").write_text(
+        "alias_maps = proxy:ldap:aliases, { mysql:virt }\n"
+        "aliases_server_host = ldap.example.org\nvirt_hosts = db\naliases_bogus = 1\n")
+    (tmp_path / "master.cf").write_text("")
+    config = PostfixConfig.load(tmp_path, table=defaults.shipped(), facts=FACTS)
+    assert config.known("aliases_server_host")
+    assert config.known("virt_hosts")
+    assert not config.known("aliases_bogus")
+
+
+def test_value_postconf_cannot_expand_names_its_line(tmp_path: Path) -> None:
+    (tmp_path / "main.cf").write_text("a = 1\nsmtpd_banner = ${myhostname\n")
+    (tmp_path / "master.cf").write_text("")
+    with pytest.raises(ConfigError) as caught:
+        PostfixConfig.load(tmp_path, table=defaults.shipped(), facts=FACTS)
+    assert caught.value.line == 2
+    assert "smtpd_banner: truncated macro reference" in str(caught.value)
