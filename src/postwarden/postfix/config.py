@@ -44,7 +44,7 @@ COMMA_SPACE = ", \t\r\n"
 
 
 @dataclass(frozen=True)
-class Warning_:
+class Diagnostic:
     """A diagnostic about the configuration, with where it comes from when known."""
 
     file: str
@@ -82,7 +82,7 @@ class PostfixConfig:
         self.master = master
         self.table = table
         self.facts = facts
-        self.warnings: list[Warning_] = []
+        self.warnings: list[Diagnostic] = []
         self.params: dict[str, str] = {"config_directory": config_dir}
         for definition in main:
             self.params[definition.name] = definition.value
@@ -110,13 +110,13 @@ class PostfixConfig:
         main = MainCf.read(Path(f"{config_dir}/main.cf"))
         master_path = Path(f"{config_dir}/master.cf")
         master: MasterCf | None = None
-        missing: Warning_ | None = None
+        missing: Diagnostic | None = None
         try:
             master = MasterCf.read(master_path)
         except ConfigError as exc:
             if exc.line is not None or exc.reason not in ("no such file",):
                 raise
-            missing = Warning_(str(master_path), None, "no such file", "missing-master")
+            missing = Diagnostic(str(master_path), None, "no such file", "missing-master")
         config = cls(config_dir, main, master, table or load_defaults(),
                      facts or hostmod.HostFacts.local())
         if missing is not None:
@@ -171,7 +171,7 @@ class PostfixConfig:
                 self._flag(token, scope, source)
         for name, value in list(space.items()):
             if name in self.table.readonly:
-                self.warnings.append(Warning_(source, None,
+                self.warnings.append(Diagnostic(source, None,
                                               f"read-only parameter assignment: {name}={value}",
                                               "read-only"))
                 del space[name]
@@ -232,7 +232,7 @@ class PostfixConfig:
                     supplied = True
                     self.names.local[key].add(name)
         if not supplied and not dbms and not self.names.known(name):
-            self.warnings.append(Warning_(source, None, f"undefined parameter: {name}",
+            self.warnings.append(Diagnostic(source, None, f"undefined parameter: {name}",
                                           "undefined"))
 
     def _source(self, scope: str | None) -> str:
@@ -241,17 +241,17 @@ class PostfixConfig:
     def known(self, name: str) -> bool:
         return self.names.known(name)
 
-    def unused(self) -> list[Warning_]:
+    def unused(self) -> list[Diagnostic]:
         """main.cf names and ``-o`` names nothing uses (postconf's 'unused parameter')."""
-        found: list[Warning_] = []
+        found: list[Diagnostic] = []
         for name, value in self.params.items():
             if not self.names.known(name):
-                found.append(Warning_(self._source(None), self._line_of(name),
+                found.append(Diagnostic(self._source(None), self._line_of(name),
                                       f"unused parameter: {name}={value}", "unused"))
         for key, space in self.namespaces.items():
             for name, value in space.items():
                 if not self.names.known(name) and name not in self.names.local[key]:
-                    found.append(Warning_(self._source(key), self._service_line(key),
+                    found.append(Diagnostic(self._source(key), self._service_line(key),
                                           f"unused parameter: {name}={value}", "unused"))
         return found
 
