@@ -92,9 +92,9 @@ class Context:
     def where(self, name: str | None, service: Service | None = None,
               ) -> tuple[str | None, int | None]:
         """The file and line a finding about name (for service) points at."""
-        if service is not None and self.master_path is not None:
-            if name is None or name in service.overrides():
-                return self.master_path, self._override_line(service, name)
+        if (service is not None and self.master_path is not None
+                and (name is None or name in service.overrides())):
+            return self.master_path, self._override_line(service, name)
         if name is not None:
             found = self.config.main.find(name)
             if found:

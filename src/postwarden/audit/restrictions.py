@@ -46,7 +46,7 @@ WITHOUT_ARGUMENT = frozenset({
     "reject_unverified_sender", "reject_unverified_recipient", "reject_sender_login_mismatch",
     "reject_authenticated_sender_login_mismatch", "reject_known_sender_login_mismatch",
     "reject_unauthenticated_sender_login_mismatch", "reject_multi_recipient_bounce",
-    "reject_plaintext_session", "check_relay_domains", "permit_auth_destination",
+    "reject_plaintext_session", "check_relay_domains",
     "reject_unauth_sender_login_mismatch",
 })
 
