@@ -11,7 +11,7 @@ bash scripts/setup.sh
 export PATH="$here/.venv/bin:$PATH:/usr/sbin:/usr/lib/postfix/sbin"
 
 echo "== ruff"
-ruff check src tests scripts
+ruff check src tests scripts benchmarks
 echo "== mypy --strict"
 mypy
 echo "== pytest"

@@ -103,6 +103,30 @@ def _config_check(args: argparse.Namespace) -> int:
     return EXIT_FINDINGS if failing else EXIT_OK
 
 
+def _audit(args: argparse.Namespace) -> int:
+    """``audit``: the rule catalogue over the effective configuration, as text, JSON or SARIF."""
+    from postwarden.audit import report as render
+    from postwarden.audit.engine import audit
+    from postwarden.audit.model import Severity
+    from postwarden.audit.roles import parse_roles
+
+    if args.list_rules:
+        print(render.list_rules(args.format))
+        return EXIT_OK
+    roles = parse_roles(args.role)
+    config = PostfixConfig.load(args.config_dir)
+    result = audit(config, roles)
+    if args.format == "json":
+        print(render.to_json(result))
+    elif args.format == "sarif":
+        print(render.to_sarif(result))
+    else:
+        print(render.to_text(result, terminal=sys.stdout.isatty()))
+    threshold = Severity(args.fail_on).rank
+    return EXIT_FINDINGS if any(f.severity.rank <= threshold for f in result.findings) else (
+        EXIT_OK)
+
+
 def _warn(message: str) -> None:
     print(f"postwarden: warning: {message}", file=sys.stderr)
 
@@ -148,6 +172,22 @@ def build_parser() -> argparse.ArgumentParser:
     chk.add_argument("--fail-on", choices=SEVERITIES, default="high",
                      help="exit 1 when a finding is at least this severe (default high)")
     chk.set_defaults(handler=_config_check)
+
+    aud = commands.add_parser(
+        "audit", help="check a Postfix configuration against the hardening rule catalogue",
+        description="Audit main.cf and master.cf (and the files they name) for security "
+                    "problems; each finding has a rule id, file:line, evidence and a fix.")
+    aud.add_argument("-c", dest="config_dir", default=DEFAULT_CONFIG_DIR, metavar="DIR",
+                     help=f"Postfix configuration directory (default {DEFAULT_CONFIG_DIR})")
+    aud.add_argument("--role", default="auto",
+                     help="auto (infer, the default) or a comma-separated list of: mx, "
+                          "submission, relay, null-client")
+    aud.add_argument("--format", choices=("text", "json", "sarif"), default="text")
+    aud.add_argument("--fail-on", choices=SEVERITIES, default="high",
+                     help="exit 1 when a finding is at least this severe (default high)")
+    aud.add_argument("--list-rules", action="store_true",
+                     help="list the rule catalogue (with --format json: as JSON)")
+    aud.set_defaults(handler=_audit)
     return parser
 
 

@@ -15,6 +15,7 @@ main.cf definition, else the service line).
 
 from __future__ import annotations
 
+import functools
 import os
 import stat
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from pathlib import Path
 from postwarden.audit.model import Role
 from postwarden.audit.restrictions import Restriction, parse
 from postwarden.errors import PostwardenError
+from postwarden.postfix import check as config_check
 from postwarden.postfix.config import PostfixConfig
 from postwarden.postfix.mastercf import Service
 
@@ -49,6 +51,11 @@ class Context:
         self.roles = roles
         self.main_path = str(config.main.path)
         self.master_path = str(config.master.path) if config.master else None
+
+    @functools.cached_property
+    def config_findings(self) -> list[config_check.Finding]:
+        """``config check`` findings (postconf's own warnings and more), computed once."""
+        return config_check.check(self.config)
 
     # -- values ----------------------------------------------------------------------------
 

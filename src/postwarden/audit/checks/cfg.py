@@ -21,7 +21,7 @@ SECURITY_WORDS = ("restrictions", "milters", "tls", "sasl", "mynetworks", "inet_
 
 
 def _config_findings(ctx: Context, finding_id: str) -> Iterator[config_check.Finding]:
-    return (f for f in config_check.check(ctx.config) if f.id == finding_id)
+    return (f for f in ctx.config_findings if f.id == finding_id)
 
 
 @rule(id="CFG-001", title="Parameter defined more than once with different values",
@@ -90,8 +90,7 @@ def inline_comment(ctx: Context) -> Iterator[Hit]:
       fix="Remove the leading whitespace, or join the line to a definition.",
       references=("Postfix util/readlline.c",))
 def orphan_line(ctx: Context) -> Iterator[Hit]:
-    for finding in (f for f in config_check.check(ctx.config)
-                    if f.id in ("CFG-CONT", "SVC-CONT")):
+    for finding in (f for f in ctx.config_findings if f.id in ("CFG-CONT", "SVC-CONT")):
         yield Hit(finding.evidence, file=finding.file, line=finding.line)
 
 
@@ -115,7 +114,8 @@ def compat_low(ctx: Context) -> Iterator[Hit]:
     level = _level(ctx.value("compatibility_level") or "0")
     version = _level(".".join(ctx.value("mail_version").split(".")[:2]))
     if level is not None and version is not None and level < version:
-        shown = ctx.value("compatibility_level") or "unset (0)"
+        shown = (ctx.value("compatibility_level") if ctx.explicit("compatibility_level")
+                 else "unset (0)")
         yield Hit(f"compatibility_level = {shown}; Postfix is {ctx.value('mail_version')}",
                   parameter="compatibility_level")
 
