@@ -55,24 +55,20 @@ from pathlib import Path
 import pytest
 
 from postwarden import cli
+from postwarden.postfix import debian
 
 POSTCONF = Path("/usr/sbin/postconf")
-DEBIAN_SHARE = Path("/usr/share/postfix")
-DEBIAN_MAIN_PARTS = (DEBIAN_SHARE / "main.cf.debian", DEBIAN_SHARE / "main.cf.tls")
-DEBIAN_MASTER = DEBIAN_SHARE / "master.cf.dist"
-# Debian postinst, new "Internet Site" (and every other non-"No configuration") install.
-DEBIAN_POSTINST_EDIT = (
-    "smtpd_relay_restrictions=permit_mynetworks permit_sasl_authenticated defer_unauth_destination"
-)
+DEBIAN_MAIN_PARTS = debian.MAIN_PARTS
+DEBIAN_MASTER = debian.MASTER
 
 HERE = Path(__file__).resolve().parent
 CORPUS = HERE / "corpus"
 FAILING_CORPUS = HERE / "corpus-postconf-fails"
 
-USE_DEBIAN_MAIN = "use-debian-main"
-USE_DEBIAN_MASTER = "use-debian-master"
-MAIN_APPEND = "main.cf.append"
-MASTER_APPEND = "master.cf.append"
+USE_DEBIAN_MAIN = debian.USE_MAIN
+USE_DEBIAN_MASTER = debian.USE_MASTER
+MAIN_APPEND = debian.MAIN_APPEND
+MASTER_APPEND = debian.MASTER_APPEND
 LOOKUP_NAMES = "lookup-names"
 ABOUT = "about"
 CORPUS_FILES = frozenset(
@@ -186,40 +182,13 @@ def postconf_env() -> dict[str, str]:
     return {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C"}
 
 
-def _debian_main(dest: Path) -> None:
-    """main.cf as Debian's postinst writes it for a new install (not "No configuration")."""
-    main_cf = dest / "main.cf"
-    with open(main_cf, "wb") as out:
-        for part in DEBIAN_MAIN_PARTS:
-            out.write(part.read_bytes())
-    backdate(main_cf)
-    subprocess.run(
-        [str(POSTCONF), "-c", str(dest), "-e", DEBIAN_POSTINST_EDIT],
-        check=True,
-        capture_output=True,
-        timeout=POSTCONF_TIMEOUT,
-        env=postconf_env(),
-    )
-
-
 def materialise(corpus_dir: Path, dest: Path) -> Path:
     """Write the configuration a corpus directory describes into dest; return dest."""
     dest.mkdir(parents=True, exist_ok=True)
-    if (corpus_dir / USE_DEBIAN_MAIN).exists():
-        _debian_main(dest)
-        append = corpus_dir / MAIN_APPEND
-        if append.is_file():
-            with open(dest / "main.cf", "ab") as out:
-                out.write(append.read_bytes())
-    elif (corpus_dir / "main.cf").is_file():
+    debian.build(corpus_dir, dest)  # the parts built from Debian's package, as for examples
+    if not (corpus_dir / USE_DEBIAN_MAIN).exists() and (corpus_dir / "main.cf").is_file():
         shutil.copyfile(corpus_dir / "main.cf", dest / "main.cf")
-    if (corpus_dir / USE_DEBIAN_MASTER).exists():
-        with open(dest / "master.cf", "wb") as out:
-            out.write(DEBIAN_MASTER.read_bytes())
-            append = corpus_dir / MASTER_APPEND
-            if append.is_file():
-                out.write(append.read_bytes())
-    elif (corpus_dir / "master.cf").is_file():
+    if not (corpus_dir / USE_DEBIAN_MASTER).exists() and (corpus_dir / "master.cf").is_file():
         shutil.copyfile(corpus_dir / "master.cf", dest / "master.cf")
     for name in ("main.cf", "master.cf"):
         if (dest / name).exists():
