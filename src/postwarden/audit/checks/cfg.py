@@ -54,9 +54,11 @@ def duplicate_same(ctx: Context) -> Iterator[Hit]:
       fix="Fix the name, or add the master.cf service it belongs to.",
       references=("postconf(1) unused parameter", f"{P5} service-defined parameters"))
 def unused(ctx: Context) -> Iterator[Hit]:
+    # Unknown master.cf -o names are CFG-101, which points at the -o line itself.
     for finding in _config_findings(ctx, "CFG-UNUSED"):
-        yield Hit(f"{finding.evidence}. {finding.fix}", parameter=finding.parameter,
-                  file=finding.file, line=finding.line)
+        if finding.file == ctx.main_path:
+            yield Hit(f"{finding.evidence}. {finding.fix}", parameter=finding.parameter,
+                      file=finding.file, line=finding.line)
 
 
 @rule(id="CFG-004", title="Reference to a parameter defined nowhere",

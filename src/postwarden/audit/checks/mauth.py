@@ -1,0 +1,98 @@
+"""MAUTH: whether SPF, DKIM and DMARC are wired into Postfix at all (info only).
+
+Security: reads the parsed configuration only; endpoints are matched by name, nothing is
+contacted.
+Standards: RFC 7208 (SPF) section 2.4, RFC 6376 (DKIM) section 5, RFC 7489 (DMARC) section 6.6;
+MILTER_README; SMTPD_POLICY_README; postconf(5) smtpd_milters, check_policy_service.
+
+Theory of operation
+-------------------
+Postfix does none of the three itself; they come from a policy service (policyd-spf), a
+milter (OpenDKIM, OpenDMARC, rspamd) or a content filter (amavis signs). A rule is quiet
+when an endpoint of the right kind is named where the mail passes: the restriction lists and
+milters of the smtpd that takes the mail (behind postscreen: the ``smtpd pass`` service), and
+for signing also non_smtpd_milters and content_filter. Endpoints are recognised by the
+words in their names or their conventional ports, so a filter under another name keeps a
+rule firing: these rules are info for that reason. The DNS records are out of scope.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from postwarden.audit.checks.milt import RESTRICTION_LISTS, SIGNER_WORDS, parse_milters
+from postwarden.audit.context import Context
+from postwarden.audit.model import Hit, Role, Severity, rule
+from postwarden.postfix.mastercf import Service
+
+# Conventional ports: policyd-spf has none; OpenDMARC 8893; rspamd's milter proxy 11332.
+SPF_WORDS = ("spf", "rspamd", ":11332")
+DMARC_WORDS = ("dmarc", "rspamd", ":8893", ":11332")
+DKIM_WORDS = (*SIGNER_WORDS, "amavis")
+
+
+def _receiver(ctx: Context, service: Service) -> Service:
+    """The smtpd that really talks to the client (postscreen hands over to 'smtpd pass')."""
+    if service.process_name == "postscreen":
+        name = ctx.value("smtpd_service_name", service) or "smtpd"
+        return ctx.service(name, "pass") or service
+    return service
+
+
+def _endpoints(ctx: Context, service: Service) -> list[str]:
+    found = [e for e, _ in parse_milters(ctx.value("smtpd_milters", service))]
+    for name in RESTRICTION_LISTS:
+        found += [r.argument for r in ctx.restrictions(name, service)
+                  if r.name == "check_policy_service" and r.argument]
+    return found
+
+
+def _any(endpoints: list[str], words: tuple[str, ...]) -> bool:
+    return any(w in e.lower() for e in endpoints for w in words)
+
+
+@rule(id="MAUTH-001", title="No SPF check on the MX", severity=Severity.INFO,
+      roles=(Role.MX,), parameters=("smtpd_recipient_restrictions",),
+      rationale="Without an SPF policy service or milter, mail whose envelope sender is "
+                "forged is judged only by content filters (RFC 7208 section 2.4).",
+      fix="Add an SPF check, e.g. check_policy_service unix:private/policyd-spf after "
+          "reject_unauth_destination, or a milter such as rspamd.",
+      references=("RFC 7208 section 2.4", "SMTPD_POLICY_README"))
+def no_spf(ctx: Context) -> Iterator[Hit]:
+    for service in ctx.mx_services():
+        if not _any(_endpoints(ctx, _receiver(ctx, service)), SPF_WORDS):
+            yield Hit(f"{service.key}: no SPF policy service or milter",
+                      parameter="smtpd_recipient_restrictions", service=service.key)
+
+
+@rule(id="MAUTH-002", title="Outbound mail not DKIM-signed", severity=Severity.INFO,
+      roles=(Role.SUBMISSION, Role.NULL_CLIENT), parameters=("smtpd_milters",
+                                                            "non_smtpd_milters"),
+      rationale="Unsigned mail cannot pass DMARC by DKIM alignment and fails DMARC wherever "
+                "SPF breaks, e.g. after forwarding (RFC 7489 section 4.2).",
+      fix="Sign with a milter (OpenDKIM, rspamd) in smtpd_milters and non_smtpd_milters.",
+      references=("RFC 6376 section 5", "RFC 7489 section 4.2", "MILTER_README"))
+def no_dkim(ctx: Context) -> Iterator[Hit]:
+    found = [e for e, _ in parse_milters(ctx.value("non_smtpd_milters"))]
+    found += [e for e, _ in parse_milters(ctx.value("smtpd_milters"))]
+    found.append(ctx.value("content_filter"))
+    for service in ctx.smtpd_services():
+        receiver = _receiver(ctx, service)
+        found += [*_endpoints(ctx, receiver), ctx.value("content_filter", receiver)]
+    if not _any(found, DKIM_WORDS):
+        name = "smtpd_milters" if Role.SUBMISSION in ctx.roles else "non_smtpd_milters"
+        yield Hit("no DKIM signing milter or content filter", parameter=name)
+
+
+@rule(id="MAUTH-003", title="No DMARC check on the MX", severity=Severity.INFO,
+      roles=(Role.MX,), parameters=("smtpd_milters",),
+      rationale="Without a DMARC verifier the published policies of sender domains "
+                "(p=reject) are ignored and exact-domain spoofing gets through "
+                "(RFC 7489 section 6.6).",
+      fix="Add a DMARC milter (OpenDMARC, rspamd) to smtpd_milters.",
+      references=("RFC 7489 section 6.6", "MILTER_README"))
+def no_dmarc(ctx: Context) -> Iterator[Hit]:
+    for service in ctx.mx_services():
+        if not _any(_endpoints(ctx, _receiver(ctx, service)), DMARC_WORDS):
+            yield Hit(f"{service.key}: no DMARC milter", parameter="smtpd_milters",
+                      service=service.key)
