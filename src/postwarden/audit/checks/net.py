@@ -96,7 +96,7 @@ def null_client_listens(ctx: Context) -> Iterator[Hit]:
 
 
 @rule(id="NET-002", title="Inbound role but Postfix listens on loopback only",
-      severity=Severity.HIGH, roles=(Role.MX, Role.SUBMISSION),
+      severity=Severity.HIGH, roles=(Role.MX, Role.SUBMISSION, Role.NULL_CLIENT),
       parameters=("inet_interfaces",),
       rationale="With inet_interfaces limited to loopback no mail from other hosts can "
                 "arrive, so inbound settings (SASL, postscreen, submission services) are moot "
@@ -110,6 +110,14 @@ def inbound_loopback(ctx: Context) -> Iterator[Hit]:
     features = [s.key for s in ctx.smtpd_services() if ctx.port(s) in PUBLIC_PORTS]
     if ctx.yes("smtpd_sasl_auth_enable"):
         features.append("smtpd_sasl_auth_enable = yes")
+    if any(r.name == "check_policy_service"
+           for r in ctx.restrictions("smtpd_recipient_restrictions")):
+        features.append("policy services in smtpd_recipient_restrictions")
+    # Audited as a null client (what loopback-only implies), the contradiction shows only
+    # when inbound-only features are configured: SASL or policy services (the seed guide).
+    inbound = ctx.roles & {Role.MX, Role.SUBMISSION}
+    if not inbound and not any("=" in f or "policy" in f for f in features):
+        return
     shown = f"; inbound services configured: {', '.join(features)}" if features else ""
     yield Hit(f"inet_interfaces = {ctx.value('inet_interfaces')}{shown}",
               parameter="inet_interfaces")
