@@ -80,7 +80,7 @@ def test_weak_scores_lowest_and_hardened_has_no_config_flaws(tmp_path: Path) -> 
         scores[example] = audit(PostfixConfig.load(target))
     weak = scores["weak"]
     assert sum(1 for f in weak.findings if f.severity.value == "critical") >= 5
-    assert weak.score == 0
+    assert weak.score < 10
     # The hardened example's critical and high findings are all about files and sockets
     # this machine does not have (its certificate, Dovecot, the milter), never its settings.
     hardened = [f for f in scores["hardened-mx"].findings

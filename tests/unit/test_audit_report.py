@@ -99,3 +99,23 @@ def test_cli_list_rules_json() -> None:
     rules = json.loads(result.stdout)
     assert {r["id"] for r in rules} == {r.id for r in catalogue()}
     assert all(r["rationale"] and r["fix"] and r["references"] for r in rules)
+
+
+def test_score_formula() -> None:
+    from postwarden.audit.engine import Report
+    from postwarden.audit.model import Finding
+
+    def finding(rule_id: str, severity: Severity) -> Finding:
+        return Finding(rule_id, severity, "t", "e", "f", ())
+
+    def score(*findings: Finding) -> int:
+        return Report("d", frozenset(), (), tuple(findings), 1).score
+
+    assert score() == 100
+    assert score(finding("RELAY-002", Severity.CRITICAL)) == 75
+    # One rule counts once, by its worst finding.
+    assert score(finding("RELAY-002", Severity.CRITICAL),
+                 finding("RELAY-002", Severity.HIGH)) == 75
+    assert score(finding("A-1", Severity.CRITICAL), finding("B-1", Severity.CRITICAL)) == 56
+    assert score(finding("A-1", Severity.INFO)) == 100
+    assert score(finding("A-1", Severity.HIGH), finding("B-1", Severity.LOW)) == 89

@@ -3,9 +3,11 @@
 Security: rules are pure functions of the ``Context``; the engine only collects.
 Standards: the report contract of DESIGN.md (findings and exit codes).
 
-Score: 100 minus 25 per critical, 10 per high, 4 per medium and 1 per low finding, never
-below 0; info findings cost nothing. A configuration with one open relay therefore scores
-at most 75, and one with four critical findings scores 0.
+Score: each rule that reports something takes a share of what is left, by the most severe
+of its findings: a quarter for critical, a tenth for high, 4% for medium, 1% for low,
+nothing for info; score = round(100 x product of (1 - share)). A rule counts once however
+many lines it points at, so one open relay scores at most 75, two critical rules at most 56,
+and the score never reaches 0 while something could still be fixed.
 """
 
 from __future__ import annotations
@@ -19,8 +21,8 @@ from postwarden.audit.model import RULES, Finding, Role, Rule, Severity
 from postwarden.audit.roles import infer
 from postwarden.postfix.config import PostfixConfig
 
-WEIGHTS = {Severity.CRITICAL: 25, Severity.HIGH: 10, Severity.MEDIUM: 4, Severity.LOW: 1,
-           Severity.INFO: 0}
+WEIGHTS = {Severity.CRITICAL: 0.25, Severity.HIGH: 0.10, Severity.MEDIUM: 0.04,
+           Severity.LOW: 0.01, Severity.INFO: 0.0}
 
 
 @dataclass(frozen=True)
@@ -33,7 +35,14 @@ class Report:
 
     @property
     def score(self) -> int:
-        return max(0, 100 - sum(WEIGHTS[f.severity] for f in self.findings))
+        worst: dict[str, Severity] = {}
+        for f in self.findings:
+            if f.id not in worst or f.severity.rank < worst[f.id].rank:
+                worst[f.id] = f.severity
+        remaining = 100.0
+        for severity in worst.values():
+            remaining *= 1 - WEIGHTS[severity]
+        return round(remaining)
 
 
 def catalogue() -> list[Rule]:

@@ -18,7 +18,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from postwarden import __version__
-from postwarden.audit.engine import WEIGHTS, Report, catalogue
+from postwarden.audit.engine import Report, catalogue
 from postwarden.audit.model import Finding, Rule, Severity
 
 SARIF_LEVEL = {Severity.CRITICAL: "error", Severity.HIGH: "error", Severity.MEDIUM: "warning",
@@ -148,7 +148,3 @@ def to_text(report: Report, terminal: bool = False, width: int = 100) -> str:
     console.print(f"score {report.score}/100 ({summary or 'no findings'}; "
                   f"{report.rules_run} rules run)")
     return buffer.getvalue().rstrip("\n")
-
-
-SCORE_FORMULA = ("score = max(0, 100 - " + " - ".join(
-    f"{w} x {s.value}" for s, w in WEIGHTS.items() if w) + ")")
