@@ -117,12 +117,17 @@ def _duplicates(config: PostfixConfig) -> list[Finding]:
 
 
 def _closest(config: PostfixConfig, name: str) -> str | None:
-    """The known name a misspelling most likely meant (similarity 0.8 or more)."""
-    known = (config.names.builtin | config.names.legacy | set(config.names.service)
-             | config.names.user)
-    # A ratio of 0.8 needs lengths within a quarter of each other: filter before difflib,
-    # which is slow on a thousand candidates times a thousand unknown names.
-    near = sorted(k for k in known if abs(len(k) - len(name)) <= len(name) // 4 + 1)
+    """The Postfix name a misspelling most likely meant (similarity 0.8 or more).
+
+    Only Postfix's own names are candidates: the user's own names are as likely to be the
+    misspelling as the target.
+    """
+    known = config.names.builtin | config.names.legacy | set(config.names.service)
+    # difflib is slow on a thousand candidates times a thousand unknown names. A ratio of
+    # 0.8 needs lengths within a quarter of each other, and a misspelling nearly always
+    # keeps its first two letters (smptd_..., not tmspd_...): filter on both first.
+    near = sorted(k for k in known if k[:2] == name[:2]
+                  and abs(len(k) - len(name)) <= len(name) // 4 + 1)
     close = difflib.get_close_matches(name, near, n=1, cutoff=0.8)
     return close[0] if close else None
 
