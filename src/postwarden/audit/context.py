@@ -45,6 +45,14 @@ class FileFacts:
     readable: bool = False
 
 
+def parse_version(text: str) -> tuple[int, ...] | None:
+    """'3.7.11' -> (3, 7, 11); None when it is not dotted numbers (compatibility_level too)."""
+    parts = text.strip().split(".")
+    if not text.strip() or not all(p.isdigit() for p in parts):
+        return None
+    return tuple(int(p) for p in parts)
+
+
 class Context:
     def __init__(self, config: PostfixConfig, roles: frozenset[Role]) -> None:
         self.config = config
@@ -154,6 +162,18 @@ class Context:
             return True
         words = self.words("inet_interfaces")
         return bool(words) and all(w.startswith(LOOPBACK_HOSTS) for w in words)
+
+    def smtpd_behind(self, service: Service) -> Service:
+        """The smtpd that really talks to a service's clients: postscreen hands them to the
+        ``smtpd_service_name`` (default smtpd) ``pass`` service (POSTSCREEN_README)."""
+        if service.process_name == "postscreen":
+            name = self.value("smtpd_service_name", service) or "smtpd"
+            return self.service(name, "pass") or service
+        return service
+
+    def all_smtpd(self) -> list[Service]:
+        """Every smtpd process: inet listeners, pass services behind postscreen, unix ones."""
+        return [s for s in self.services if s.process_name == "smtpd"]
 
     def public_smtpd_services(self) -> list[Service]:
         return [s for s in self.smtpd_services() if not self.bound_to_loopback(s)]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from postwarden.audit.context import Context
+from postwarden.audit.context import Context, parse_version
 from postwarden.audit.model import Hit, Severity, rule
 from postwarden.postfix import check as config_check
 
@@ -113,17 +113,11 @@ def duplicate_service(ctx: Context) -> Iterator[Hit]:
       fix="Review COMPATIBILITY_README, then set compatibility_level to the installed "
           "major.minor version.", references=("COMPATIBILITY_README",))
 def compat_low(ctx: Context) -> Iterator[Hit]:
-    level = _level(ctx.value("compatibility_level") or "0")
-    version = _level(".".join(ctx.value("mail_version").split(".")[:2]))
+    level = parse_version(ctx.value("compatibility_level") or "0")
+    version = parse_version(".".join(ctx.value("mail_version").split(".")[:2]))
     if level is not None and version is not None and level < version:
         shown = (ctx.value("compatibility_level") if ctx.explicit("compatibility_level")
                  else "unset (0)")
         yield Hit(f"compatibility_level = {shown}; Postfix is {ctx.value('mail_version')}",
                   parameter="compatibility_level")
 
-
-def _level(text: str) -> tuple[int, ...] | None:
-    parts = text.split(".")
-    if not all(p.isdigit() for p in parts):
-        return None
-    return tuple(int(p) for p in parts)

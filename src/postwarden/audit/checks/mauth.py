@@ -31,12 +31,6 @@ DMARC_WORDS = ("dmarc", "rspamd", ":8893", ":11332")
 DKIM_WORDS = (*SIGNER_WORDS, "amavis")
 
 
-def _receiver(ctx: Context, service: Service) -> Service:
-    """The smtpd that really talks to the client (postscreen hands over to 'smtpd pass')."""
-    if service.process_name == "postscreen":
-        name = ctx.value("smtpd_service_name", service) or "smtpd"
-        return ctx.service(name, "pass") or service
-    return service
 
 
 def _endpoints(ctx: Context, service: Service) -> list[str]:
@@ -60,7 +54,7 @@ def _any(endpoints: list[str], words: tuple[str, ...]) -> bool:
       references=("RFC 7208 section 2.4", "SMTPD_POLICY_README"))
 def no_spf(ctx: Context) -> Iterator[Hit]:
     for service in ctx.mx_services():
-        if not _any(_endpoints(ctx, _receiver(ctx, service)), SPF_WORDS):
+        if not _any(_endpoints(ctx, ctx.smtpd_behind(service)), SPF_WORDS):
             yield Hit(f"{service.key}: no SPF policy service or milter",
                       parameter="smtpd_recipient_restrictions", service=service.key)
 
@@ -77,7 +71,7 @@ def no_dkim(ctx: Context) -> Iterator[Hit]:
     found += [e for e, _ in parse_milters(ctx.value("smtpd_milters"))]
     found.append(ctx.value("content_filter"))
     for service in ctx.smtpd_services():
-        receiver = _receiver(ctx, service)
+        receiver = ctx.smtpd_behind(service)
         found += [*_endpoints(ctx, receiver), ctx.value("content_filter", receiver)]
     if not _any(found, DKIM_WORDS):
         name = "smtpd_milters" if Role.SUBMISSION in ctx.roles else "non_smtpd_milters"
@@ -93,6 +87,6 @@ def no_dkim(ctx: Context) -> Iterator[Hit]:
       references=("RFC 7489 section 6.6", "MILTER_README"))
 def no_dmarc(ctx: Context) -> Iterator[Hit]:
     for service in ctx.mx_services():
-        if not _any(_endpoints(ctx, _receiver(ctx, service)), DMARC_WORDS):
+        if not _any(_endpoints(ctx, ctx.smtpd_behind(service)), DMARC_WORDS):
             yield Hit(f"{service.key}: no DMARC milter", parameter="smtpd_milters",
                       service=service.key)

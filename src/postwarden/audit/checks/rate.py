@@ -34,17 +34,13 @@ FAR_ABOVE = 5
 TIME = re.compile(r"([0-9]+)([smhdw]?)")
 
 
-def _smtpd(ctx: Context, service: Service) -> Service:
-    if service.process_name == "postscreen":
-        return ctx.service("smtpd", "pass") or service
-    return service
 
 
 def _public(ctx: Context) -> list[Service]:
     """The smtpd processes behind the public MX and submission services, once each."""
     found: dict[str, Service] = {}
     for service in ctx.mx_services() + ctx.submission_services():
-        smtpd = _smtpd(ctx, service)
+        smtpd = ctx.smtpd_behind(service)
         found[smtpd.key] = smtpd
     return list(found.values())
 
@@ -166,7 +162,7 @@ def no_anvil(ctx: Context) -> Iterator[Hit]:
       references=(f"{P5} smtpd_error_sleep_time", f"{P5} smtpd_hard_error_limit"))
 def error_throttling(ctx: Context) -> Iterator[Hit]:
     names = ("smtpd_error_sleep_time", *ERROR_DEFAULTS)
-    mx = {s.key: s for s in (_smtpd(ctx, m) for m in ctx.mx_services())}
+    mx = {s.key: s for s in (ctx.smtpd_behind(m) for m in ctx.mx_services())}
     for _key, service in _scoped(ctx, list(mx.values()), names):
         sleep = TIME.fullmatch(ctx.value(names[0], service))
         if sleep and int(sleep.group(1)) == 0:

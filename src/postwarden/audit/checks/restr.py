@@ -44,22 +44,14 @@ HYGIENE = ("reject_non_fqdn_sender", "reject_unknown_sender_domain",
            "reject_non_fqdn_recipient", "reject_unknown_recipient_domain")
 
 
-def _smtpd(ctx: Context, service: Service) -> Service:
-    """The smtpd process that serves a public service (postscreen hands over to 'smtpd pass')."""
-    if service.process_name == "postscreen":
-        return ctx.service("smtpd", "pass") or service
-    return service
 
 
-def _all_smtpd(ctx: Context) -> list[Service]:
-    """Every smtpd process: inet listeners, 'pass' services behind postscreen, unix ones."""
-    return [s for s in ctx.services if s.process_name == "smtpd"]
 
 
 def _mx(ctx: Context) -> list[Service]:
     found: dict[str, Service] = {}
     for service in ctx.mx_services():
-        smtpd = _smtpd(ctx, service)
+        smtpd = ctx.smtpd_behind(service)
         found[smtpd.key] = smtpd
     return list(found.values())
 
@@ -95,7 +87,7 @@ def _lists(ctx: Context, service: Service) -> Iterator[tuple[str, list[Restricti
 
 def _policy_endpoints(ctx: Context) -> Iterator[tuple[str, str, Service]]:
     """(list name, endpoint argument, smtpd service) for every check_policy_service."""
-    for service in _all_smtpd(ctx):
+    for service in ctx.all_smtpd():
         for name, items in _lists(ctx, service):
             for item in items:
                 if item.name == "check_policy_service" and item.argument:
@@ -119,7 +111,7 @@ def _endpoint(argument: str) -> str:
       references=(ACC, f"{P5} smtpd_restriction_classes", "Postfix smtpd/smtpd_check.c"))
 def unknown_token(ctx: Context) -> Iterator[Hit]:
     seen: set[tuple[str | None, str, str]] = set()
-    for service in _all_smtpd(ctx):
+    for service in ctx.all_smtpd():
         classes = _classes(ctx, service)
         lists = [(n, ctx.restrictions(n, service)) for n in LISTS]
         lists += [(c, ctx.restrictions(c, service)) for c in sorted(classes)]
@@ -236,7 +228,7 @@ AUTH_EXEMPT = re.compile(r"reject_.*login_mismatch")
           "the submission service (-o smtpd_helo_restrictions=).",
       references=(ACC, "SASL_README"))
 def rejects_authenticated(ctx: Context) -> Iterator[Hit]:
-    services = [s for s in _all_smtpd(ctx) if ctx.yes("smtpd_sasl_auth_enable", s)]
+    services = [s for s in ctx.all_smtpd() if ctx.yes("smtpd_sasl_auth_enable", s)]
     for name in ("smtpd_helo_restrictions", "smtpd_sender_restrictions"):
         for scope, service in _scoped(ctx, services, (name, "smtpd_sasl_auth_enable")):
             scope = service if ctx.overridden(name, service) else scope
@@ -371,7 +363,7 @@ def recipient_validation(ctx: Context) -> Iterator[Hit]:
       fix="smtpd_delay_reject = yes",
       references=(f"{P5} smtpd_delay_reject", ACC))
 def delay_reject(ctx: Context) -> Iterator[Hit]:
-    for scope, service in _scoped(ctx, _all_smtpd(ctx), ("smtpd_delay_reject",)):
+    for scope, service in _scoped(ctx, ctx.all_smtpd(), ("smtpd_delay_reject",)):
         if ctx.value("smtpd_delay_reject", service).lower() == "no":
             yield Hit(f"smtpd_delay_reject = no on {service.key}",
                       parameter="smtpd_delay_reject", service=_key(scope))
@@ -385,7 +377,7 @@ def delay_reject(ctx: Context) -> Iterator[Hit]:
       references=(ACC,))
 def unreachable(ctx: Context) -> Iterator[Hit]:
     seen: set[tuple[str | None, str]] = set()
-    for service in _all_smtpd(ctx):
+    for service in ctx.all_smtpd():
         for name, items in _lists(ctx, service):
             scope = service if ctx.overridden(name, service) else None
             if (_key(scope), name) in seen:

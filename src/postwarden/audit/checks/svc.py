@@ -17,7 +17,7 @@ from collections.abc import Iterator
 
 from postwarden.audit.checks.net import Breadth, breadth, list_words
 from postwarden.audit.checks.sasl import SUBMISSION_PORTS, requires_auth
-from postwarden.audit.context import Context
+from postwarden.audit.context import Context, parse_version
 from postwarden.audit.model import Hit, Role, Severity, rule
 
 P5 = "postconf(5)"
@@ -57,8 +57,7 @@ def privileged(ctx: Context) -> Iterator[Hit]:
 
 
 def _level(ctx: Context) -> tuple[int, ...]:
-    parts = ctx.value("compatibility_level").split(".")
-    return tuple(int(p) for p in parts) if all(p.isdigit() for p in parts) else (0,)
+    return parse_version(ctx.value("compatibility_level")) or (0,)
 
 
 @rule(id="SVC-003", title="Public smtpd not chrooted",

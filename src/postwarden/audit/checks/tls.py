@@ -119,8 +119,8 @@ def _inbound(ctx: Context) -> list[_Inbound]:
     for svc in ctx.public_smtpd_services():
         if svc.process_name == "postscreen":
             # POSTSCREEN_README: postscreen passes clients to "smtpd pass"; its TLS applies.
-            passed = ctx.service("smtpd", "pass")
-            if passed is not None:
+            passed = ctx.smtpd_behind(svc)
+            if passed is not svc:
                 found.append(_Inbound(passed, svc.key in mx, False))
         else:
             found.append(_Inbound(svc, svc.key in mx, svc.key in submission))

@@ -28,7 +28,7 @@ import enum
 import re
 from collections.abc import Iterator
 
-from postwarden.audit.context import Context
+from postwarden.audit.context import Context, parse_version
 from postwarden.audit.model import Hit, Severity, rule
 from postwarden.postfix import lexer
 from postwarden.postfix.mastercf import Service
@@ -286,18 +286,13 @@ def continuation_after_gap(ctx: Context) -> Iterator[Hit]:
       fix="Set compatibility_level to the installed major.minor version.",
       references=("COMPATIBILITY_README", f"{P5} compatibility_level"))
 def compat_high(ctx: Context) -> Iterator[Hit]:
-    level = _version(ctx.value("compatibility_level"))
-    version = _version(ctx.value("mail_version"))
+    level = parse_version(ctx.value("compatibility_level"))
+    version = parse_version(ctx.value("mail_version"))
     if level is not None and version is not None and level > version[:2]:
         yield Hit(f"compatibility_level = {ctx.value('compatibility_level')}; Postfix is "
                   f"{ctx.value('mail_version')}", parameter="compatibility_level")
 
 
-def _version(text: str) -> tuple[int, ...] | None:
-    parts = text.strip().split(".")
-    if not text.strip() or not all(p.isdigit() for p in parts):
-        return None
-    return tuple(int(p) for p in parts)
 
 
 # postconf(5): the parameters that replaced these; an old one still set alongside its
@@ -380,7 +375,7 @@ def available(firsts: tuple[tuple[int, ...], ...], version: tuple[int, ...]) -> 
       fix="Upgrade Postfix, or use the equivalent setting the installed version has.",
       references=(f"{P5} 'available in Postfix version' notes",))
 def newer_than_installed(ctx: Context) -> Iterator[Hit]:
-    version = _version(ctx.value("mail_version"))
+    version = parse_version(ctx.value("mail_version"))
     if version is None:
         return
     live = ctx.config.table.source.startswith("live")
