@@ -21,25 +21,22 @@ the plain ones otherwise (Postfix ``src/smtpd/smtpd.c``). ``enabled_protocols`` 
 either spelling of a protocol list (``!SSLv2, !SSLv3`` or ``>=TLSv1.2``) into the set of
 protocols it leaves on, so rules compare sets, not strings.
 
-Certificate rules read the files once per rule run (``_collect``), group them by file so a
-certificate shared by several services is reported once, and take the severity from the
-most exposed service that uses it (submission before MX).
+Certificate rules read the files (``audit.certs``) once per rule run (``_collect``), group
+them by file so a certificate shared by several services is reported once, and take the
+severity from the most exposed service that uses it (submission before MX).
 """
 
 from __future__ import annotations
 
-import base64
-import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, rsa
-from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
+from postwarden.audit.certs import Bundle, Problem, covers, dh_bits, material, names, subject
 from postwarden.audit.context import Context
 from postwarden.audit.model import Hit, Role, Severity, rule
 from postwarden.postfix.mastercf import Service
@@ -160,203 +157,27 @@ def _severity(users: list[_Inbound], mx: Severity, submission: Severity) -> Seve
     return submission if any(u.submission for u in users) else mx
 
 
-# -- certificate material --------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class _Bundle:
-    """A private key and the certificate chain that goes with it (leaf first)."""
-
-    parameter: str
-    path: str  # the file holding the leaf certificate
-    key: PrivateKeyTypes | None
-    chain: tuple[x509.Certificate, ...]
-
-
-@dataclass(frozen=True)
-class _Problem:
-    parameter: str
-    path: str | None
-    reason: str
-
-
-@dataclass
-class _Material:
-    bundles: list[_Bundle] = field(default_factory=list)
-    problems: list[_Problem] = field(default_factory=list)
-
-
-def _blocks(ctx: Context, parameter: str, path: str, found: _Material,
-            ) -> list[x509.Certificate | PrivateKeyTypes] | None:
-    """The parsed PEM objects of one file, in order; None (and a problem) if unusable."""
-    facts = ctx.file(path)
-    if not facts.exists:
-        found.problems.append(_Problem(parameter, facts.path, "file does not exist"))
-        return None
-    if not facts.is_file:
-        found.problems.append(_Problem(parameter, facts.path, "not a regular file"))
-        return None
-    data = ctx.read(path)
-    if data is None:
-        # XXX: an unprivileged audit cannot read root-only keys; only root can tell that
-        # the file is unreadable for Postfix (which loads it as root). Way out: run as root.
-        if os.geteuid() == 0:
-            found.problems.append(_Problem(parameter, facts.path, "file is unreadable"))
-        return None
-    items: list[x509.Certificate | PrivateKeyTypes] = []
-    for match in PEM_BLOCK.finditer(data):
-        label, block = match.group(1).decode("ascii"), match.group(0)
-        try:
-            if label in ("CERTIFICATE", "TRUSTED CERTIFICATE"):
-                items.append(x509.load_pem_x509_certificate(block))
-            elif label.endswith("PRIVATE KEY"):
-                if "ENCRYPTED" in label or b"Proc-Type: 4,ENCRYPTED" in block:
-                    found.problems.append(_Problem(
-                        parameter, facts.path,
-                        "private key is passphrase-protected; smtpd cannot unlock it"))
-                    continue
-                items.append(serialization.load_pem_private_key(block, password=None))
-        except Exception as error:  # any parse failure is a finding
-            found.problems.append(_Problem(parameter, facts.path,
-                                           f"cannot parse {label} block: {error}"))
-    if not items:
-        found.problems.append(_Problem(parameter, facts.path, "no usable PEM data"))
-        return None
-    return items
-
-
-def _public(obj: x509.Certificate | PrivateKeyTypes) -> bytes | None:
-    try:
-        return obj.public_key().public_bytes(serialization.Encoding.DER,
-                                             serialization.PublicFormat.SubjectPublicKeyInfo)
-    except Exception:  # key types without an SPKI form cannot match
-        return None
-
-
-def _check_match(bundle: _Bundle, found: _Material) -> None:
-    if bundle.key is None or not bundle.chain:
-        return
-    if _public(bundle.key) != _public(bundle.chain[0]):
-        found.problems.append(_Problem(bundle.parameter, bundle.path,
-                                       "private key does not match the certificate"))
-
-
-def _chain_files(ctx: Context, svc: Service, found: _Material) -> None:
-    """smtpd_tls_chain_files: each key followed by its chain, possibly across files."""
-    parameter = "smtpd_tls_chain_files"
-    key: PrivateKeyTypes | None = None
-    chain: list[x509.Certificate] = []
-    path = ""
-
-    def close() -> None:
-        if key is not None and not chain:
-            found.problems.append(_Problem(parameter, path, "private key without certificate"))
-        elif chain:
-            bundle = _Bundle(parameter, path, key, tuple(chain))
-            found.bundles.append(bundle)
-            _check_match(bundle, found)
-
-    for name in ctx.words(parameter, svc):
-        items = _blocks(ctx, parameter, name, found)
-        for item in items or ():
-            if isinstance(item, x509.Certificate):
-                if key is None and not chain:
-                    found.problems.append(_Problem(parameter, ctx.file(name).path,
-                                                   "certificate before its private key"))
-                if not chain:
-                    path = ctx.file(name).path
-                chain.append(item)
-            else:
-                close()
-                key, chain, path = item, [], ctx.file(name).path
-    close()
-
-
-def _legacy_files(ctx: Context, svc: Service, found: _Material) -> None:
-    for cert_param, key_param in (("smtpd_tls_cert_file", "smtpd_tls_key_file"),
-                                  ("smtpd_tls_eccert_file", "smtpd_tls_eckey_file"),
-                                  ("smtpd_tls_dcert_file", "smtpd_tls_dkey_file")):
-        cert_path = ctx.value(cert_param, svc)
-        if not cert_path:
-            continue
-        # postconf(5): an empty key file setting means the key is in the certificate file.
-        key_path = ctx.value(key_param, svc) or cert_path
-        certs = [i for i in _blocks(ctx, cert_param, cert_path, found) or ()
-                 if isinstance(i, x509.Certificate)]
-        keys = [i for i in (_blocks(ctx, key_param, key_path, found) or ())
-                if not isinstance(i, x509.Certificate)]
-        if not keys and ctx.file(key_path).exists and ctx.read(key_path) is not None:
-            found.problems.append(_Problem(key_param, ctx.file(key_path).path,
-                                           "no private key in the file"))
-        if not certs:
-            continue
-        bundle = _Bundle(cert_param, ctx.file(cert_path).path, keys[0] if keys else None,
-                         tuple(certs))
-        found.bundles.append(bundle)
-        _check_match(bundle, found)
-
-
-def _material(ctx: Context, svc: Service) -> _Material:
-    found = _Material()
-    if ctx.words("smtpd_tls_chain_files", svc):
-        # Postfix smtpd.c: a non-empty chain_files makes smtpd ignore the legacy files.
-        _chain_files(ctx, svc, found)
-    else:
-        _legacy_files(ctx, svc, found)
-    if not found.bundles and not found.problems:
-        found.problems.append(_Problem("smtpd_tls_cert_file", None,
-                                       "TLS is on but no certificate is configured"))
-    return found
-
-
 @dataclass
 class _Collected:
-    bundles: dict[str, tuple[_Bundle, list[_Inbound]]] = field(default_factory=dict)
-    problems: dict[_Problem, list[_Inbound]] = field(default_factory=dict)
+    bundles: dict[str, tuple[Bundle, list[_Inbound]]] = field(default_factory=dict)
+    problems: dict[Problem, list[_Inbound]] = field(default_factory=dict)
 
 
 def _collect(ctx: Context) -> _Collected:
     """Certificate material of every inbound TLS service, once per file."""
     collected = _Collected()
     for inbound in _with_tls(ctx):
-        material = _material(ctx, inbound.service)
-        for bundle in material.bundles:
+        found = material(ctx, inbound.service)
+        for bundle in found.bundles:
             collected.bundles.setdefault(bundle.path, (bundle, []))[1].append(inbound)
-        for problem in material.problems:
+        for problem in found.problems:
             collected.problems.setdefault(problem, []).append(inbound)
     return collected
 
 
-def _cert_hits(ctx: Context) -> Iterator[tuple[_Bundle, x509.Certificate, list[_Inbound]]]:
+def _cert_hits(ctx: Context) -> Iterator[tuple[Bundle, x509.Certificate, list[_Inbound]]]:
     for bundle, users in _collect(ctx).bundles.values():
         yield bundle, bundle.chain[0], users
-
-
-def _names(cert: x509.Certificate) -> list[str]:
-    try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
-        return [n.lower() for n in san.value.get_values_for_type(x509.DNSName)]
-    except x509.ExtensionNotFound:
-        pass
-    except Exception:  # a malformed extension names nothing
-        return []
-    # RFC 6125 6.4.4: the CN is a fallback only when there is no DNS-ID at all.
-    return [str(a.value).lower()
-            for a in cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)]
-
-
-def _covers(pattern: str, name: str) -> bool:
-    if pattern == name:
-        return True
-    # RFC 6125 6.4.3: a wildcard stands for exactly one left-most label.
-    return (pattern.startswith("*.") and "." in name
-            and name.split(".", 1)[1] == pattern[2:])
-
-
-def _subject(cert: x509.Certificate) -> str:
-    try:
-        return cert.subject.rfc4514_string()
-    except Exception:  # an odd subject is still evidence
-        return "(unprintable subject)"
 
 
 # -- rules: protocol level -------------------------------------------------------------------
@@ -589,42 +410,6 @@ def renegotiation(ctx: Context) -> Iterator[Hit]:
                       "NO_RENEGOTIATION", parameter="tls_ssl_options", service=svc.key)
 
 
-def _der_length(data: bytes, at: int) -> tuple[int, int] | None:
-    """(length, offset of the contents) of the DER element whose length byte is at ``at``."""
-    if at >= len(data):
-        return None
-    first = data[at]
-    if first < 0x80:
-        return first, at + 1
-    count = first & 0x7F
-    if not 0 < count <= 4 or at + 1 + count > len(data):
-        return None
-    return int.from_bytes(data[at + 1:at + 1 + count], "big"), at + 1 + count
-
-
-def _dh_bits(data: bytes) -> int | None:
-    """Size of the prime in a PEM "DH PARAMETERS" block (PKCS #3: SEQUENCE { p, g, ... }).
-
-    Read by hand: the cryptography package deprecates finite-field DH, and only p's size is
-    needed.
-    """
-    match = re.search(rb"-----BEGIN (?:X9.42 )?DH PARAMETERS-----(.*?)-----END", data, re.S)
-    if match is None:
-        return None
-    try:
-        der = base64.b64decode(b"".join(match.group(1).split()), validate=True)
-    except ValueError:
-        return None
-    outer = _der_length(der, 1) if der[:1] == b"\x30" else None
-    if outer is None or der[outer[1]:outer[1] + 1] != b"\x02":
-        return None
-    inner = _der_length(der, outer[1] + 1)
-    if inner is None or inner[1] + inner[0] > len(der):
-        return None
-    prime = int.from_bytes(der[inner[1]:inner[1] + inner[0]], "big")
-    return prime.bit_length() or None
-
-
 @rule(id="TLS-011", title="Weak Diffie-Hellman parameters",
       severity=Severity.MEDIUM, roles=MX_MSA,
       parameters=("smtpd_tls_dh1024_param_file", "smtpd_tls_dh512_param_file"),
@@ -649,7 +434,7 @@ def weak_dh(ctx: Context) -> Iterator[Hit]:
                           service=svc.key)
                 continue
             data = ctx.read(path)
-            bits = _dh_bits(data) if data is not None else None
+            bits = dh_bits(data) if data is not None else None
             if bits is None:
                 yield Hit(f"{name} = {path}: no readable DH parameters; Postfix warns and "
                           "uses its built-in group", parameter=name, service=svc.key,
@@ -686,11 +471,11 @@ def _key_files(ctx: Context) -> dict[str, str]:
     scopes: list[Service | None] = [None, *ctx.smtpd_services()]
     for svc in scopes:
         for prefix in ("smtpd", "smtp"):
-            names = [f"{prefix}_tls_chain_files"]
-            if not ctx.words(names[0], svc):
-                names = [f"{prefix}_tls_key_file", f"{prefix}_tls_eckey_file",
-                         f"{prefix}_tls_dkey_file"]
-            for name in names:
+            params = [f"{prefix}_tls_chain_files"]
+            if not ctx.words(params[0], svc):
+                params = [f"{prefix}_tls_key_file", f"{prefix}_tls_eckey_file",
+                          f"{prefix}_tls_dkey_file"]
+            for name in params:
                 for path in ctx.words(name, svc):
                     found.setdefault(ctx.file(path).path, name)
     return found
@@ -731,7 +516,7 @@ def self_signed(ctx: Context) -> Iterator[Hit]:
         reason = ("Debian snakeoil certificate" if "ssl-cert-snakeoil" in bundle.path
                   else "issuer equals subject" if leaf.issuer == leaf.subject else "")
         if reason:
-            yield Hit(f"{bundle.path}: {reason} ({_subject(leaf)})",
+            yield Hit(f"{bundle.path}: {reason} ({subject(leaf)})",
                       parameter=bundle.parameter, service=users[0].service.key,
                       file=bundle.path,
                       severity=_severity(users, Severity.MEDIUM, Severity.HIGH))
@@ -748,9 +533,9 @@ def self_signed(ctx: Context) -> Iterator[Hit]:
 def name_mismatch(ctx: Context) -> Iterator[Hit]:
     for bundle, leaf, users in _cert_hits(ctx):
         hostname = ctx.value("myhostname", users[0].service).lower().rstrip(".")
-        names = _names(leaf)
-        if hostname and not any(_covers(n, hostname) for n in names):
-            yield Hit(f"{bundle.path}: names {', '.join(names) or 'nothing'}, "
+        listed = names(leaf)
+        if hostname and not any(covers(n, hostname) for n in listed):
+            yield Hit(f"{bundle.path}: names {', '.join(listed) or 'nothing'}, "
                       f"myhostname = {hostname}", parameter=bundle.parameter,
                       service=users[0].service.key, file=bundle.path)
 
@@ -820,7 +605,7 @@ def weak_key(ctx: Context) -> Iterator[Hit]:
 def incomplete_chain(ctx: Context) -> Iterator[Hit]:
     for bundle, leaf, users in _cert_hits(ctx):
         if len(bundle.chain) == 1 and leaf.issuer != leaf.subject:
-            yield Hit(f"{bundle.path}: only the leaf certificate ({_subject(leaf)})",
+            yield Hit(f"{bundle.path}: only the leaf certificate ({subject(leaf)})",
                       parameter=bundle.parameter, service=users[0].service.key,
                       file=bundle.path)
 
