@@ -11,7 +11,9 @@ postwarden does not ship Debian's files; it builds them from the package on this
 A "recipe" directory says what to build: ``use-debian-main`` (main.cf.debian, then
 main.cf.tls, then the postinst's ``postconf -e`` of smtpd_relay_restrictions),
 ``use-debian-master`` (master.cf.dist), and ``main.cf.append`` / ``master.cf.append`` to add
-to them. The examples and the differential tests use the same recipes.
+to them; ``main.cf.append-from`` names (relative to the recipe) a file to add instead, so one
+committed text can serve two examples without a symlink. The examples and the differential
+tests use the same recipes.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ POSTINST_EDIT = ("smtpd_relay_restrictions=permit_mynetworks permit_sasl_authent
 USE_MAIN = "use-debian-main"
 USE_MASTER = "use-debian-master"
 MAIN_APPEND = "main.cf.append"
+MAIN_APPEND_FROM = "main.cf.append-from"
 MASTER_APPEND = "master.cf.append"
 ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C"}
 TIMEOUT = 60.0
@@ -76,6 +79,9 @@ def build(recipe: Path, dest: Path) -> list[Path]:
     if (recipe / USE_MAIN).exists():
         write_main(dest)
         append = recipe / MAIN_APPEND
+        pointer = recipe / MAIN_APPEND_FROM
+        if pointer.is_file():
+            append = recipe / pointer.read_text().strip()
         if append.is_file():
             with open(dest / "main.cf", "ab") as out:
                 out.write(append.read_bytes())
