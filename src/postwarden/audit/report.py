@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 from pathlib import Path
 
 from rich.console import Console
@@ -116,8 +117,10 @@ def _where(finding: Finding) -> str:
 def to_text(report: Report, terminal: bool = False, width: int = 100) -> str:
     """Findings grouped by severity, each with where, evidence and fix; a summary at the end."""
     buffer = io.StringIO()
-    console = Console(file=buffer, force_terminal=terminal, width=width, no_color=not terminal,
-                      highlight=False, soft_wrap=not terminal)
+    # On a terminal the table fits the real window; elsewhere lines are not wrapped at all.
+    columns = shutil.get_terminal_size((width, 24)).columns if terminal else width
+    console = Console(file=buffer, force_terminal=terminal, width=columns,
+                      no_color=not terminal, highlight=False, soft_wrap=not terminal)
     roles = ", ".join(sorted(r.value for r in report.roles))
     console.print(f"postwarden audit of {escape(report.config_directory)} as {roles}")
     for reason in report.role_reasons:
