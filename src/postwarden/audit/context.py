@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import os
 import stat
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,6 +52,11 @@ def parse_version(text: str) -> tuple[int, ...] | None:
     if not text.strip() or not all(p.isdigit() for p in parts):
         return None
     return tuple(int(p) for p in parts)
+
+
+def service_key(service: Service | None) -> str | None:
+    """The ``Hit.service`` for a service, or None for a main.cf-wide finding."""
+    return service.key if service is not None else None
 
 
 class Context:
@@ -101,6 +107,21 @@ class Context:
     def overridden(self, name: str, service: Service) -> bool:
         return name in service.overrides()
 
+    def scopes(self, services: list[Service], names: tuple[str, ...],
+               ) -> Iterator[tuple[Service | None, Service]]:
+        """(scope to report, service) for a setting checked on several services.
+
+        A service that overrides one of names is its own scope (its finding points at its
+        -o line); the services that only inherit main.cf share one finding (scope None).
+        """
+        main_done = False
+        for service in services:
+            if any(self.overridden(n, service) for n in names):
+                yield service, service
+            elif not main_done:
+                main_done = True
+                yield None, service
+
     def restrictions(self, name: str, service: Service | None = None) -> list[Restriction]:
         return parse(self.value(name, service))
 
@@ -129,7 +150,7 @@ class Context:
 
     # -- services --------------------------------------------------------------------------
 
-    @property
+    @functools.cached_property
     def services(self) -> list[Service]:
         """master.cf entries as master(8) uses them: the last of each name/type."""
         last: dict[str, Service] = {}

@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 
-from postwarden.audit.context import Context
+from postwarden.audit.context import Context, service_key
 from postwarden.audit.model import Hit, Role, Severity, rule
 from postwarden.postfix.mastercf import Service
 
@@ -45,16 +45,6 @@ def _public(ctx: Context) -> list[Service]:
     return list(found.values())
 
 
-def _scoped(ctx: Context, services: list[Service], names: tuple[str, ...],
-            ) -> Iterator[tuple[str | None, Service]]:
-    """(service key to report or None for main.cf, service), main.cf reported once."""
-    global_done = False
-    for service in services:
-        if any(ctx.overridden(n, service) for n in names):
-            yield service.key, service
-        elif not global_done:
-            global_done = True
-            yield None, service
 
 
 def _zero(ctx: Context, name: str, service: Service) -> bool:
@@ -71,9 +61,9 @@ def _zero(ctx: Context, name: str, service: Service) -> bool:
       references=(f"{P5} smtpd_client_connection_rate_limit", "anvil(8)", "TUNING_README"))
 def connection_rate(ctx: Context) -> Iterator[Hit]:
     name = "smtpd_client_connection_rate_limit"
-    for key, service in _scoped(ctx, _public(ctx), (name,)):
+    for scope, service in ctx.scopes(_public(ctx), (name,)):
         if _zero(ctx, name, service):
-            yield Hit(f"{name} = 0 on {service.key}", parameter=name, service=key)
+            yield Hit(f"{name} = 0 on {service.key}", parameter=name, service=service_key(scope))
 
 
 @rule(id="RATE-002", title="No per-client message or recipient rate limit",
@@ -87,10 +77,10 @@ def connection_rate(ctx: Context) -> Iterator[Hit]:
                   f"{P5} smtpd_client_recipient_rate_limit"))
 def message_rate(ctx: Context) -> Iterator[Hit]:
     names = ("smtpd_client_message_rate_limit", "smtpd_client_recipient_rate_limit")
-    for key, service in _scoped(ctx, _public(ctx), names):
+    for scope, service in ctx.scopes(_public(ctx), names):
         if all(_zero(ctx, n, service) for n in names):
             yield Hit(f"{names[0]} and {names[1]} are both 0 on {service.key}",
-                      parameter=names[0], service=key)
+                      parameter=names[0], service=service_key(scope))
 
 
 @rule(id="RATE-003", title="Per-client concurrency limit off or too high",
@@ -103,15 +93,16 @@ def message_rate(ctx: Context) -> Iterator[Hit]:
       references=(f"{P5} smtpd_client_connection_count_limit", "master(5) maxproc"))
 def concurrency(ctx: Context) -> Iterator[Hit]:
     name = "smtpd_client_connection_count_limit"
-    for key, service in _scoped(ctx, _public(ctx), (name,)):
+    for scope, service in ctx.scopes(_public(ctx), (name,)):
         limit = ctx.number(name, service)
         processes = (int(service.maxproc) if service.maxproc.isdigit()
                      else ctx.number("default_process_limit"))
         if limit == 0:
-            yield Hit(f"{name} = 0 on {service.key}: no limit", parameter=name, service=key)
+            yield Hit(f"{name} = 0 on {service.key}: no limit", parameter=name,
+                      service=service_key(scope))
         elif limit is not None and processes and limit > processes // 2:
             yield Hit(f"{name} = {limit} on {service.key}, more than half of its "
-                      f"{processes} processes", parameter=name, service=key)
+                      f"{processes} processes", parameter=name, service=service_key(scope))
 
 
 @rule(id="RATE-004", title="TLS handshake rate unlimited",
@@ -124,7 +115,7 @@ def concurrency(ctx: Context) -> Iterator[Hit]:
 def tls_rate(ctx: Context) -> Iterator[Hit]:
     name = "smtpd_client_new_tls_session_rate_limit"
     tls = ("smtpd_tls_security_level", "smtpd_tls_wrappermode", "smtpd_use_tls")
-    for key, service in _scoped(ctx, _public(ctx), (name, *tls)):
+    for _scope, service in ctx.scopes(_public(ctx), (name, *tls)):
         offers = (ctx.value(tls[0], service) not in ("", "none")
                   or ctx.yes(tls[1], service) or ctx.yes(tls[2], service))
         if offers and _zero(ctx, name, service):
@@ -163,7 +154,7 @@ def no_anvil(ctx: Context) -> Iterator[Hit]:
 def error_throttling(ctx: Context) -> Iterator[Hit]:
     names = ("smtpd_error_sleep_time", *ERROR_DEFAULTS)
     mx = {s.key: s for s in (ctx.smtpd_behind(m) for m in ctx.mx_services())}
-    for _key, service in _scoped(ctx, list(mx.values()), names):
+    for _scope, service in ctx.scopes(list(mx.values()), names):
         sleep = TIME.fullmatch(ctx.value(names[0], service))
         if sleep and int(sleep.group(1)) == 0:
             yield Hit(f"smtpd_error_sleep_time = 0 on {service.key}", parameter=names[0],

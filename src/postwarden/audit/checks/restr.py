@@ -25,7 +25,7 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-from postwarden.audit.context import Context
+from postwarden.audit.context import Context, service_key
 from postwarden.audit.model import Hit, Role, Severity, rule
 from postwarden.audit.restrictions import KNOWN, WITH_ARGUMENT, Restriction
 from postwarden.postfix.mastercf import Service, split_words
@@ -56,20 +56,8 @@ def _mx(ctx: Context) -> list[Service]:
     return list(found.values())
 
 
-def _scoped(ctx: Context, services: list[Service], names: tuple[str, ...],
-            ) -> Iterator[tuple[Service | None, Service]]:
-    """(report scope, service): scope None for the first service that uses main.cf only."""
-    global_done = False
-    for service in services:
-        if any(ctx.overridden(n, service) for n in names):
-            yield service, service
-        elif not global_done:
-            global_done = True
-            yield None, service
 
 
-def _key(scope: Service | None) -> str | None:
-    return scope.key if scope is not None else None
 
 
 def _where(scope: Service | None) -> str:
@@ -119,11 +107,11 @@ def unknown_token(ctx: Context) -> Iterator[Hit]:
             scope = service if ctx.overridden(name, service) else None
             for item in items:
                 problem = _token_problem(item, classes)
-                key = (_key(scope), name, str(item))
+                key = (service_key(scope), name, str(item))
                 if problem and key not in seen:
                     seen.add(key)
                     yield Hit(f"{name}{_where(scope)}: {problem}", parameter=name,
-                              service=_key(scope))
+                              service=service_key(scope))
 
 
 def _token_problem(item: Restriction, classes: set[str]) -> str | None:
@@ -162,7 +150,7 @@ def policy_endpoint_missing(ctx: Context) -> Iterator[Hit]:
         if problem:
             scope = service if ctx.overridden(name, service) else None
             yield Hit(f"{name}{_where(scope)}: check_policy_service {endpoint}: {problem}",
-                      parameter=name, service=_key(scope))
+                      parameter=name, service=service_key(scope))
 
 
 def _socket_problem(ctx: Context, path: str, queue: Path, on_host: bool) -> str | None:
@@ -230,7 +218,7 @@ AUTH_EXEMPT = re.compile(r"reject_.*login_mismatch")
 def rejects_authenticated(ctx: Context) -> Iterator[Hit]:
     services = [s for s in ctx.all_smtpd() if ctx.yes("smtpd_sasl_auth_enable", s)]
     for name in ("smtpd_helo_restrictions", "smtpd_sender_restrictions"):
-        for scope, service in _scoped(ctx, services, (name, "smtpd_sasl_auth_enable")):
+        for scope, service in ctx.scopes(services, (name, "smtpd_sasl_auth_enable")):
             scope = service if ctx.overridden(name, service) else scope
             for item in ctx.restrictions(name, service):
                 if item.name == "permit_sasl_authenticated":
@@ -238,12 +226,12 @@ def rejects_authenticated(ctx: Context) -> Iterator[Hit]:
                 if item.name.startswith("reject") and not AUTH_EXEMPT.fullmatch(item.name):
                     yield Hit(f"{name}{_where(scope)}: {item} comes before (or without) "
                               f"permit_sasl_authenticated on {service.key}, which has SASL "
-                              "on", parameter=name, service=_key(scope))
+                              "on", parameter=name, service=service_key(scope))
                     break
 
 
 def _mx_setting(ctx: Context, name: str) -> Iterator[tuple[Service | None, Service, str]]:
-    for scope, service in _scoped(ctx, _mx(ctx), (name,)):
+    for scope, service in ctx.scopes(_mx(ctx), (name,)):
         yield scope, service, ctx.value(name, service)
 
 
@@ -262,7 +250,7 @@ def smuggling(ctx: Context) -> Iterator[Hit]:
     for scope, service, value in _mx_setting(ctx, "smtpd_forbid_bare_newline"):
         if value.lower() == "no":
             yield Hit(f"smtpd_forbid_bare_newline = no on {service.key}",
-                      parameter="smtpd_forbid_bare_newline", service=_key(scope))
+                      parameter="smtpd_forbid_bare_newline", service=service_key(scope))
 
 
 @rule(id="RESTR-006", title="Unauthorised pipelining not refused",
@@ -278,13 +266,13 @@ def smuggling(ctx: Context) -> Iterator[Hit]:
 def pipelining(ctx: Context) -> Iterator[Hit]:
     names = ("smtpd_forbid_unauth_pipelining", "smtpd_data_restrictions")
     known = ctx.config.known(names[0])
-    for scope, service in _scoped(ctx, _mx(ctx), names):
+    for scope, service in ctx.scopes(_mx(ctx), names):
         forbid = known and ctx.value(names[0], service).lower() == "yes"
         data = [r.name for r in ctx.restrictions(names[1], service)]
         if not forbid and "reject_unauth_pipelining" not in data:
             yield Hit(f"{service.key}: smtpd_forbid_unauth_pipelining is off and "
                       "smtpd_data_restrictions has no reject_unauth_pipelining",
-                      parameter=names[0], service=_key(scope))
+                      parameter=names[0], service=service_key(scope))
 
 
 @rule(id="RESTR-007", title="VRFY command enabled",
@@ -296,7 +284,7 @@ def vrfy(ctx: Context) -> Iterator[Hit]:
     for scope, service, value in _mx_setting(ctx, "disable_vrfy_command"):
         if value.lower() != "yes":
             yield Hit(f"disable_vrfy_command = {value or 'no'} on {service.key}",
-                      parameter="disable_vrfy_command", service=_key(scope))
+                      parameter="disable_vrfy_command", service=service_key(scope))
 
 
 @rule(id="RESTR-008", title="ETRN open to everyone",
@@ -308,11 +296,11 @@ def vrfy(ctx: Context) -> Iterator[Hit]:
       references=(f"{P5} smtpd_etrn_restrictions", "ETRN_README"))
 def etrn(ctx: Context) -> Iterator[Hit]:
     names = ("smtpd_etrn_restrictions", "smtpd_discard_ehlo_keywords")
-    for scope, service in _scoped(ctx, _mx(ctx), names):
+    for scope, service in ctx.scopes(_mx(ctx), names):
         discarded = [w.lower() for w in ctx.words(names[1], service)]
         if not ctx.restrictions(names[0], service) and "etrn" not in discarded:
             yield Hit(f"smtpd_etrn_restrictions is empty on {service.key}",
-                      parameter=names[0], service=_key(scope))
+                      parameter=names[0], service=service_key(scope))
 
 
 @rule(id="RESTR-009", title="HELO not required",
@@ -325,7 +313,7 @@ def helo_required(ctx: Context) -> Iterator[Hit]:
     for scope, service, value in _mx_setting(ctx, "smtpd_helo_required"):
         if value.lower() != "yes":
             yield Hit(f"smtpd_helo_required = {value or 'no'} on {service.key}",
-                      parameter="smtpd_helo_required", service=_key(scope))
+                      parameter="smtpd_helo_required", service=service_key(scope))
 
 
 @rule(id="RESTR-010", title="Recipients not validated at the SMTP stage",
@@ -342,7 +330,7 @@ def recipient_validation(ctx: Context) -> Iterator[Hit]:
     for scope, service, value in _mx_setting(ctx, "smtpd_reject_unlisted_recipient"):
         if value.lower() == "no":
             yield Hit(f"smtpd_reject_unlisted_recipient = no on {service.key}",
-                      parameter="smtpd_reject_unlisted_recipient", service=_key(scope))
+                      parameter="smtpd_reject_unlisted_recipient", service=service_key(scope))
     if not _mx(ctx):
         return
     local = {w.lower() for w in ctx.words("mydestination")}
@@ -363,10 +351,10 @@ def recipient_validation(ctx: Context) -> Iterator[Hit]:
       fix="smtpd_delay_reject = yes",
       references=(f"{P5} smtpd_delay_reject", ACC))
 def delay_reject(ctx: Context) -> Iterator[Hit]:
-    for scope, service in _scoped(ctx, ctx.all_smtpd(), ("smtpd_delay_reject",)):
+    for scope, service in ctx.scopes(ctx.all_smtpd(), ("smtpd_delay_reject",)):
         if ctx.value("smtpd_delay_reject", service).lower() == "no":
             yield Hit(f"smtpd_delay_reject = no on {service.key}",
-                      parameter="smtpd_delay_reject", service=_key(scope))
+                      parameter="smtpd_delay_reject", service=service_key(scope))
 
 
 @rule(id="RESTR-012", title="Restriction items after a final permit, reject or defer",
@@ -380,15 +368,15 @@ def unreachable(ctx: Context) -> Iterator[Hit]:
     for service in ctx.all_smtpd():
         for name, items in _lists(ctx, service):
             scope = service if ctx.overridden(name, service) else None
-            if (_key(scope), name) in seen:
+            if (service_key(scope), name) in seen:
                 continue
-            seen.add((_key(scope), name))
+            seen.add((service_key(scope), name))
             for index, item in enumerate(items[:-1]):
                 guarded = index > 0 and items[index - 1].name == "warn_if_reject"
                 if item.name in FINAL and not guarded:
                     rest = ", ".join(str(r) for r in items[index + 1:])
                     yield Hit(f"{name}{_where(scope)}: {item.name} is followed by {rest}, "
-                              "which never runs", parameter=name, service=_key(scope))
+                              "which never runs", parameter=name, service=service_key(scope))
                     break
 
 
@@ -401,11 +389,11 @@ def unreachable(ctx: Context) -> Iterator[Hit]:
           "permit_mynetworks/permit_sasl_authenticated.",
       references=(ACC, f"{P5} reject_unknown_sender_domain"))
 def envelope_hygiene(ctx: Context) -> Iterator[Hit]:
-    for scope, service in _scoped(ctx, _mx(ctx), ENVELOPE_LISTS):
+    for scope, service in ctx.scopes(_mx(ctx), ENVELOPE_LISTS):
         used = {r.name for n in ENVELOPE_LISTS for r in ctx.restrictions(n, service)}
         if not used & set(HYGIENE):
             yield Hit(f"{service.key}: none of {', '.join(HYGIENE)} in any restriction "
-                      "list", parameter="smtpd_recipient_restrictions", service=_key(scope))
+                      "list", parameter="smtpd_recipient_restrictions", service=service_key(scope))
 
 
 DEFAULT_ACTION = re.compile(r"default_action\s*=\s*(\S+)")
@@ -431,4 +419,4 @@ def policy_fail_open(ctx: Context) -> Iterator[Hit]:
             parameter = name if local else "smtpd_policy_service_default_action"
             scope = service if ctx.overridden(parameter, service) else None
             yield Hit(f"check_policy_service {endpoint}: default action {action}",
-                      parameter=parameter, service=_key(scope))
+                      parameter=parameter, service=service_key(scope))

@@ -28,7 +28,7 @@ import enum
 import re
 from collections.abc import Iterator
 
-from postwarden.audit.context import Context, parse_version
+from postwarden.audit.context import Context, parse_version, service_key
 from postwarden.audit.model import Hit, Severity, rule
 from postwarden.postfix import lexer
 from postwarden.postfix.mastercf import Service
@@ -139,8 +139,6 @@ def _shown(name: str, value: str, service: Service | None) -> str:
     return f"{name} = {value}{where}"
 
 
-def _key(service: Service | None) -> str | None:
-    return service.key if service is not None else None
 
 
 @rule(id="CFG-101", title="Unknown parameter in a master.cf -o override",
@@ -175,7 +173,7 @@ def bad_boolean(ctx: Context) -> Iterator[Hit]:
     for name, value, service in _typed(ctx, (Kind.BOOLEAN,)):
         if value.lower() not in BOOLEANS:
             yield Hit(_shown(name, value, service) + ": not yes or no", parameter=name,
-                      service=_key(service))
+                      service=service_key(service))
 
 
 @rule(id="CFG-103", title="Count parameter that is not a whole number",
@@ -189,7 +187,7 @@ def bad_integer(ctx: Context) -> Iterator[Hit]:
         reason = _integer_problem(value, INT_MAX)
         if reason:
             yield Hit(f"{_shown(name, value, service)}: {reason}", parameter=name,
-                      service=_key(service))
+                      service=service_key(service))
 
 
 def _integer_problem(value: str, limit: int) -> str | None:
@@ -214,7 +212,7 @@ def bad_time(ctx: Context) -> Iterator[Hit]:
     for name, value, service in _typed(ctx, (Kind.TIME,)):
         if not TIME.fullmatch(value):
             yield Hit(f"{_shown(name, value, service)}: not a number with an optional "
-                      "s/m/h/d/w unit", parameter=name, service=_key(service))
+                      "s/m/h/d/w unit", parameter=name, service=service_key(service))
 
 
 @rule(id="CFG-105", title="Size parameter written with units or not a number",
@@ -229,7 +227,7 @@ def bad_size(ctx: Context) -> Iterator[Hit]:
         reason = _integer_problem(value, LONG_MAX)
         if reason:
             yield Hit(f"{_shown(name, value, service)}: {reason} (sizes are in bytes)",
-                      parameter=name, service=_key(service))
+                      parameter=name, service=service_key(service))
 
 
 @rule(id="CFG-106", title="TLS security level the daemon does not accept",
@@ -247,10 +245,10 @@ def bad_tls_level(ctx: Context) -> Iterator[Hit]:
         shown = _shown(name, value, service)
         if value and value not in TLS_LEVELS:
             yield Hit(f"{shown}: not a TLS security level", parameter=name,
-                      service=_key(service))
+                      service=service_key(service))
         elif kind_of(name) is Kind.TLS_LEVEL_SERVER and value not in SERVER_TLS_LEVELS:
             yield Hit(f"{shown}: the SMTP server does not support it and uses encrypt",
-                      parameter=name, service=_key(service), severity=Severity.MEDIUM)
+                      parameter=name, service=service_key(service), severity=Severity.MEDIUM)
 
 
 @rule(id="CFG-107", title="Continuation line after a blank or comment line",
@@ -330,7 +328,7 @@ def obsolete(ctx: Context) -> Iterator[Hit]:
         successor = OBSOLETE.get(name)
         if successor is not None:
             yield Hit(f"{_shown(name, value, service)} is obsolete", parameter=name,
-                      service=_key(service), fix=f"Use {successor} instead of {name}.")
+                      service=service_key(service), fix=f"Use {successor} instead of {name}.")
 
 
 # postconf(5) "This feature is available in Postfix >= ...": per stable branch where a
@@ -386,11 +384,11 @@ def newer_than_installed(ctx: Context) -> Iterator[Hit]:
             if not available(firsts, version):
                 needed = " or ".join(".".join(map(str, f)) for f in firsts)
                 yield Hit(f"{_shown(name, value, service)} needs Postfix {needed}; "
-                          f"installed is {shown}", parameter=name, service=_key(service))
+                          f"installed is {shown}", parameter=name, service=service_key(service))
         elif (name.endswith("_protocols") and "tls" in name and version < RANGE_SYNTAX
               and (">=" in value or "<=" in value)):
             yield Hit(f"{_shown(name, value, service)}: the >=/<= form needs Postfix 3.6; "
-                      f"installed is {shown}", parameter=name, service=_key(service))
+                      f"installed is {shown}", parameter=name, service=service_key(service))
 
 
 # XXX: daemons log more start-up warnings than "overriding earlier entry" (undefined
