@@ -7,8 +7,9 @@ set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 venv="$here/.venv"
 
-# Debian packages the tests use as real components and references.
-debs=(postfix pflogsumm)
+# Debian packages the tests use as real components and references (dovecot-core: the lab
+# SASL auth server, postwarden.lab.dovecot).
+debs=(postfix pflogsumm dovecot-core)
 
 need_debs=()
 for pkg in "${debs[@]}"; do

@@ -31,17 +31,20 @@ GUIDE_MISTAKES = {
     "MILT-002",   # milter_protocol = 2
     "MILT-003",   # absolute unix: milter socket a chrooted smtpd cannot reach
     "NET-002",    # loopback-only while configuring SASL and policy services
+    "NET-008",    # myhostname never set: the machine's name is used
 }
 
 PINNED = {
     ("guide", "auto"): GUIDE_MISTAKES | {"CFG-002", "CFG-008", "TLS-019"},
     ("guide", "mx,submission"): GUIDE_MISTAKES | {
-        "CFG-002", "CFG-008", "TLS-019", "OUT-003", "OUT-005", "RESTR-004", "SASL-008"},
+        "CFG-002", "CFG-008", "TLS-019", "OUT-003", "OUT-005", "RESTR-004", "SASL-008",
+        "SVC-001"},
     ("guide-only", "auto"): GUIDE_MISTAKES | {"RELAY-001", "CFG-008", "TLS-019"},
     ("guide-only", "mx,submission"): GUIDE_MISTAKES | {
-        "RELAY-001", "CFG-008", "TLS-019", "OUT-003", "OUT-005", "RESTR-004", "SASL-008"},
+        "RELAY-001", "CFG-008", "TLS-019", "OUT-003", "OUT-005", "RESTR-004", "SASL-008",
+        "SVC-001"},
     ("debian-default", "auto"): {
-        "CFG-008", "LEAK-001", "MAUTH-001", "MAUTH-003", "OUT-003", "OUT-005", "PSC-001",
+        "CFG-008", "NET-008", "LEAK-001", "MAUTH-001", "MAUTH-003", "OUT-003", "OUT-005", "PSC-001",
         "RATE-001", "RATE-002", "RATE-004", "RESTR-005", "RESTR-006", "RESTR-007",
         "RESTR-008", "RESTR-009", "RESTR-013", "TLS-006", "TLS-009", "TLS-010", "TLS-012",
         "TLS-019"},

@@ -12,12 +12,12 @@ and the score never reaches 0 while something could still be fixed.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from postwarden.audit import checks  # noqa: F401 - registers the rules
 from postwarden.audit.context import Context
-from postwarden.audit.model import RULES, Finding, Role, Rule, Severity
+from postwarden.audit.model import RULES, Finding, Hit, Role, Rule, Severity
 from postwarden.audit.roles import infer
 from postwarden.postfix.config import PostfixConfig
 
@@ -49,6 +49,26 @@ def catalogue() -> list[Rule]:
     return [RULES[key] for key in sorted(RULES)]
 
 
+def applicable(roles: frozenset[Role], rules: Iterable[Rule] | None = None) -> list[Rule]:
+    return [r for r in (rules if rules is not None else catalogue()) if r.roles & roles]
+
+
+def hits(ctx: Context, rules: Iterable[Rule]) -> Iterator[tuple[Rule, Hit]]:
+    """Each rule's hits, in catalogue order (harden remedies them one by one)."""
+    for rule in rules:
+        for hit in rule.check(ctx):
+            yield rule, hit
+
+
+def finding(ctx: Context, rule: Rule, hit: Hit) -> Finding:
+    service = ctx.service(*hit.service.split("/", 1)) if hit.service else None
+    file, line = (hit.file, hit.line) if hit.file else ctx.where(hit.parameter, service)
+    return Finding(
+        id=rule.id, severity=hit.severity or rule.severity_for(ctx.roles), title=rule.title,
+        evidence=hit.evidence, fix=hit.fix or rule.fix, references=rule.references,
+        parameter=hit.parameter, service=hit.service, file=file, line=line)
+
+
 def audit(config: PostfixConfig, roles: frozenset[Role] | None = None,
           rules: Iterable[Rule] | None = None) -> Report:
     """Every applicable rule's findings, most severe first, then by file and line."""
@@ -59,16 +79,7 @@ def audit(config: PostfixConfig, roles: frozenset[Role] | None = None,
     else:
         reasons = ["given with --role"]
     ctx = Context(config, roles)
-    findings: list[Finding] = []
-    chosen = [r for r in (rules if rules is not None else catalogue()) if r.roles & roles]
-    for rule in chosen:
-        severity = rule.severity_for(roles)
-        for hit in rule.check(ctx):
-            service = ctx.service(*hit.service.split("/", 1)) if hit.service else None
-            file, line = (hit.file, hit.line) if hit.file else ctx.where(hit.parameter, service)
-            findings.append(Finding(
-                id=rule.id, severity=hit.severity or severity, title=rule.title,
-                evidence=hit.evidence, fix=hit.fix or rule.fix, references=rule.references,
-                parameter=hit.parameter, service=hit.service, file=file, line=line))
+    chosen = applicable(roles, rules)
+    findings = [finding(ctx, rule, hit) for rule, hit in hits(ctx, chosen)]
     findings.sort(key=lambda f: (f.severity.rank, f.id, f.file or "", f.line or 0))
     return Report(config.config_dir, roles, tuple(reasons), tuple(findings), len(chosen))

@@ -9,7 +9,9 @@ A ``Rule`` is a frozen record: a stable id (``TLS-003``), what it checks and why
 postconf(5), README or RFC clause it rests on), the fix, the roles it applies to and the
 parameters it reads, plus ``check``: a small pure function from the audit ``Context`` to the
 ``Hit`` s it sees. The engine turns each hit into a ``Finding`` with the rule's words, the
-role-dependent severity and the file and line of the parameter the hit names.
+role-dependent severity and the file and line of the parameter the hit names. ``remedy`` is
+the fix again as changes ``postwarden harden`` can apply (``audit.fixes``); a rule without
+one is left to the operator.
 
 Rules register themselves with ``@rule(...)`` in the modules of ``audit.checks``; ``RULES``
 is the catalogue, in id order.
@@ -24,6 +26,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from postwarden.audit.context import Context
+    from postwarden.audit.fixes import Remedy
 
 
 class Severity(enum.Enum):
@@ -77,6 +80,8 @@ class Rule:
     references: tuple[str, ...]
     check: Check
     by_role: Mapping[Role, Severity] = field(default_factory=dict)
+    remedy: Remedy | None = None  # the fix as changes, for harden (audit.fixes)
+    takes: tuple[str, ...] = ()   # inputs the remedy consumes (audit.fixes.INPUT_KEYS)
 
     @property
     def category(self) -> str:
@@ -116,6 +121,7 @@ RULES: dict[str, Rule] = {}
 def rule(*, id: str, title: str, severity: Severity, rationale: str, fix: str,
          references: Iterable[str], roles: Iterable[Role] = ALL_ROLES,
          parameters: Iterable[str] = (), by_role: Mapping[Role, Severity] | None = None,
+         remedy: Remedy | None = None, takes: Iterable[str] = (),
          ) -> Callable[[Check], Check]:
     """Register the decorated check as a rule of the catalogue."""
 
@@ -125,7 +131,7 @@ def rule(*, id: str, title: str, severity: Severity, rationale: str, fix: str,
         RULES[id] = Rule(id=id, title=title, severity=severity, roles=frozenset(roles),
                          parameters=tuple(parameters), rationale=rationale, fix=fix,
                          references=tuple(references), check=check,
-                         by_role=dict(by_role or {}))
+                         by_role=dict(by_role or {}), remedy=remedy, takes=tuple(takes))
         return check
 
     return register

@@ -4,13 +4,17 @@ Security: the instance runs the installed Postfix ``master`` as root from a conf
 this module writes; nothing read from outside reaches a command line (every command is an
 argument list, never a shell). Settings and extra master.cf lines come from the caller's
 Python code and are trusted, but a newline in them is refused so that one setting cannot
-smuggle in another. The listener is refused on anything but an IPv4 loopback address, so a
-test MTA that relays for ``mynetworks`` is never reachable from the network. The root
-directory must belong to the current user and is made 0755 so that the unprivileged
-``postfix`` user can reach the queue; processes are killed only when ``/proc`` shows they
-carry this instance's ``MAIL_CONFIG`` or belong to its master's process group.
+smuggle in another. An adopted main.cf/master.cf (``PostfixInstance.adopt``) is trusted the
+same way: it is run as given, as root, apart from the overrides of theory point 11. The
+listener is refused on anything but an IPv4 loopback address (an adopted inet service, too,
+must name no other host), so a test MTA that relays for ``mynetworks`` is never reachable
+from the network. The root directory must belong to the current user and is made 0755 so
+that the unprivileged ``postfix`` user can reach the queue; processes are killed only when
+``/proc`` shows they carry this instance's ``MAIL_CONFIG`` or belong to its master's process
+group.
 Standards: Postfix postfix(1), master(5), master(8), postlogd(8), postconf(5)
-(``maillog_file``, ``alternate_config_directories``), MAILLOG_README, MULTI_INSTANCE_README;
+(``maillog_file``, ``alternate_config_directories``, ``alias_maps``), MAILLOG_README,
+MULTI_INSTANCE_README, SASL_README (the Dovecot socket under ``queue_directory``);
 RFC 5321 4.2 (the 220 greeting that marks the instance as ready).
 
 Theory of operation
@@ -65,6 +69,25 @@ What was found by experiment (Postfix 3.7.11, Debian 12, no /etc/postfix/main.cf
    loopback), smtpd binds ADDRESS:PORT from its master.cf entry, which the master accepts
    for any address, and ``proxy_interfaces = ADDRESS`` makes mail to ``user@[ADDRESS]``
    local, as it is on a real server.
+11. ``PostfixInstance.adopt`` runs a given main.cf and master.cf (say, Debian's default after
+   ``postwarden harden``). main.cf keeps its text, comments and settings; ``MainCf.set``
+   changes only what running privately needs, in place or appended once, so no name is
+   defined twice: the FIXED_SETTINGS (directories, log, ``inet_interfaces``),
+   ``proxy_interfaces`` (point 10), the no-DNS / no-outbound settings of point 8 (plus
+   ``relay_transport``, so mail for ``relay_domains`` fails too), ``myhostname`` only when
+   the text does not set it, and ``alias_maps``/``alias_database`` (the inline table of
+   point 8) unless ``alias_maps`` uses only ``inline:``/``static:`` tables: its default,
+   ``hash:/etc/aliases, nis:mail.aliases``, needs a host file (/etc/aliases.db is absent
+   after a "No configuration" install) and NIS. ``mynetworks``, restrictions, TLS and SASL
+   settings stay as given. XXX: restrictions that query DNS (``reject_rbl_client``,
+   ``reject_unknown_*``) still do; overriding them would test another config, so a caller
+   that cares runs without a resolver. In master.cf every ``inet`` service run by smtpd or
+   postscreen (``smtp``, ``submission``, ``127.0.0.1:2525``...) is rebound to ADDRESS:<free
+   port> with its other fields, ``-o`` options and continuation lines kept (``ports`` maps
+   the original name to the port), chroot is "n" everywhere (a jail would need /etc copies)
+   and postlog is added if missing. Other inet services keep their names, so they listen
+   on 127.0.0.1 at their usual ports. A rebound service's ``$service_name`` is now
+   ``ADDRESS:PORT``, which shows in ``-o syslog_name=postfix/$service_name`` log names.
 """
 
 from __future__ import annotations
@@ -82,11 +105,14 @@ import stat
 import subprocess
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
 from postwarden.errors import PostwardenError
-from postwarden.postfix.maincf import write_atomic
+from postwarden.postfix import lexer
+from postwarden.postfix.maincf import MainCf, write_atomic
+from postwarden.postfix.mastercf import FIELDS, MasterCf, Service, split_words
 from postwarden.postfix.process import (
     COMMAND_ENV,
     POLL,
@@ -109,11 +135,29 @@ FIXED_SETTINGS = frozenset({
     "config_directory", "meta_directory", "queue_directory", "data_directory",
     "maillog_file", "maillog_file_prefixes", "inet_interfaces", "mail_spool_directory",
 })
+# Theory point 11: what an adopted main.cf gets besides FIXED_SETTINGS (point 8: no DNS, no
+# outbound mail; point 10: ADDRESS counts as this host).
+ADOPT_SETTINGS = FIXED_SETTINGS | {
+    "proxy_interfaces", "smtpd_peername_lookup", "smtp_dns_support_level",
+    "lmtp_dns_support_level", "smtp_host_lookup", "lmtp_host_lookup", "default_transport",
+    "relay_transport",
+}
+ALIAS_SETTINGS = ("alias_maps", "alias_database")
+# Table types that read no host file and ask no network service.
+SELF_CONTAINED_TABLES = ("inline:", "static:")
+# master(5) commands of the services an SMTP client connects to.
+SMTP_SERVERS = frozenset({"smtpd", "postscreen"})
+SMTP_PORT_NAMES = ("smtp", "25")
+POSTLOG_ENTRY = "postlog unix-dgram n - n - 1 postlogd"
+ADOPTED_HEADER = ("# Set by postwarden.postfix.instance.PostfixInstance.adopt to run this "
+                  "configuration privately:")
 MAIN_CF_AGE = 5.0  # seconds
 MAX_TAIL_LINES = 30
 MAX_LINE = 400
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*\Z")
+# A master.cf field: fields never hold braces, so a run of non-blanks (mastercf.BLANKS).
+_FIELD = re.compile(r"[^ \t\r\n]+")
 # master(5): service type private unpriv chroot wakeup maxproc command [args]
 _ENTRY = re.compile(r"(?P<head>(?P<service>\S+)\s+(?P<type>\S+)\s+\S+\s+\S+\s+)(?P<chroot>\S+)"
                     r"(?P<tail>\s.*)\Z")
@@ -183,16 +227,105 @@ def render_master_cf(template: str, *, address: str, port: int,
         # Chroot "n" everywhere: a chroot jail would need copies of /etc files inside root.
         out.append(entry["head"] + "n" + entry["tail"])
     if not has_postlog:
-        out.append("postlog unix-dgram n - n - 1 postlogd")
+        out.append(POSTLOG_ENTRY)
     out.extend(services)
     return "\n".join(out) + "\n"
+
+
+@dataclass(frozen=True)
+class AdoptedMasterCf:
+    """A given master.cf made private: its text, the rebound ports and the one to await."""
+
+    text: str
+    ports: Mapping[str, int]  # original service name -> port on ADDRESS
+    greeting_port: int  # smtp's, else the first plaintext one's (smtps sends no 220)
+
+
+def adopt_master_cf(text: str, *, address: str) -> AdoptedMasterCf:
+    """A given master.cf with its SMTP servers on ADDRESS:<free port> and no chroot.
+
+    Everything but the edited fields stays byte for byte (theory point 11); a malformed
+    entry is a ConfigError, no SMTP server to await an InstanceError.
+    """
+    master = MasterCf(text)
+    lines = list(master.lines)
+    ports: dict[str, int] = {}
+    plain: list[int] = []
+    for service in master.services:
+        fields = {FIELDS.index("chroot"): "n"}
+        if service.type == "inet" and service.process_name in SMTP_SERVERS:
+            port = free_port(address)
+            while port in ports.values():
+                port = free_port(address)
+            ports[service.name] = port
+            fields[FIELDS.index("service")] = f"{address}:{port}"
+            smtp = service.name.rsplit(":", 1)[-1] in SMTP_PORT_NAMES
+            # A wrapper-mode service waits for a TLS ClientHello and sends no 220 first.
+            if smtp or service.overrides().get("smtpd_tls_wrappermode", "no") != "yes":
+                plain.insert(0 if smtp else len(plain), port)
+        elif service.type == "inet":
+            _check_loopback_service(service.name)
+        _replace_fields(lines, service, fields)
+    if not plain:
+        raise InstanceError("the adopted master.cf has no plaintext smtpd or postscreen "
+                            f"inet service to await (rebound: {sorted(ports)})")
+    if not master.find("postlog", "unix-dgram"):
+        if lines and not lines[-1].endswith("\n"):
+            lines[-1] += "\n"
+        lines.append(POSTLOG_ENTRY + "\n")
+    return AdoptedMasterCf("".join(lines), ports, plain[0])
+
+
+def _check_loopback_service(name: str) -> None:
+    """An inet service left as it is may name a host only if it is a loopback address."""
+    host = name.rpartition(":")[0].strip("[]")
+    if not host:
+        return  # inet_interfaces = loopback-only applies
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise InstanceError(f"the adopted master.cf service {name!r} would listen on "
+                            "another host than loopback; remove it or make it 127.0.0.1")
+
+
+def _replace_fields(lines: list[str], service: Service, new: Mapping[int, str]) -> None:
+    """Replace fields (by index into FIELDS) of one entry in place, wherever its lines
+    put them; the spacing, arguments and comment lines around them stay."""
+    field = 0
+    for index in range(service.first, service.last + 1):
+        line = lines[index]
+        if index != service.first and lexer.is_ignored(lexer.strip_newline(line)):
+            continue
+        parts: list[str] = []
+        end = 0
+        for word in _FIELD.finditer(line):
+            if field >= len(FIELDS):
+                break
+            if field in new:
+                parts.append(line[end:word.start()] + new[field])
+                end = word.end()
+            field += 1
+        lines[index] = "".join(parts) + line[end:]
+        if field >= len(FIELDS):
+            return
+
+
+def _self_contained(alias_maps: str | None) -> bool:
+    """Whether every table of an alias_maps value is inline: or static: (point 11)."""
+    if alias_maps is None:
+        return False  # the default: hash:/etc/aliases, nis:mail.aliases
+    tables = split_words(alias_maps, " \t\r\n,")
+    return all(table.startswith(SELF_CONTAINED_TABLES) for table in tables)
 
 
 class PostfixInstance:
     """A Postfix instance with its own config, queue and log under ``root``.
 
     ``with PostfixInstance(root) as pf:`` starts it (unless already started) and always
-    stops it on exit. See the module docstring for what it sets and why.
+    stops it on exit. See the module docstring for what it sets and why. ``ports`` maps
+    each SMTP service's master.cf name to its port (``{"smtp": port}`` unless adopted).
     """
 
     def __init__(self, root: Path, *, address: str = "127.0.0.1", port: int | None = None,
@@ -217,17 +350,59 @@ class PostfixInstance:
         for line in services:
             _check_text("master.cf line", line)
         self.services = tuple(services)
+        self.ports: dict[str, int] = {"smtp": self.port}
         self._main_cf = self._base_main_cf()
+        # Set by adopt: the given main.cf text and the master.cf made private.
+        self._adopted_main_cf: str | None = None
+        self._adopted_master_cf: str | None = None
         self._master_pid: int | None = None
         self._written = False
         self.configure(main_cf or {})
+
+    @classmethod
+    def adopt(cls, root: Path, main_cf_text: str, master_cf_text: str, *,
+              address: str = "127.0.0.1",
+              extra_main_cf: Mapping[str, str] | None = None) -> PostfixInstance:
+        """An instance that runs a given main.cf and master.cf, changed only as theory
+        point 11 says; ``extra_main_cf`` is applied on top like ``configure``.
+
+        ``port`` is the smtp service's (else the first plaintext SMTP service's) and
+        ``ports`` has every rebound service. A malformed file is a ConfigError.
+        """
+        given = MainCf(main_cf_text)
+        master = adopt_master_cf(master_cf_text, address=address)
+        instance = cls(root, address=address, port=master.greeting_port)
+        instance.ports = dict(master.ports)
+        instance._adopted_main_cf = main_cf_text
+        instance._adopted_master_cf = master.text
+        base = instance._base_main_cf()
+        instance._main_cf = {name: base[name] for name in base if name in ADOPT_SETTINGS}
+        instance._main_cf["relay_transport"] = base["default_transport"]
+        if "myhostname" not in given:
+            instance._main_cf["myhostname"] = TEST_HOSTNAME
+        if not _self_contained(given.get("alias_maps")):
+            instance._main_cf.update({name: base[name] for name in ALIAS_SETTINGS})
+        instance.configure(extra_main_cf or {})
+        return instance
 
     # -- configuration -------------------------------------------------------------------
 
     @property
     def main_cf(self) -> dict[str, str]:
-        """A copy of the settings main.cf is written with."""
+        """A copy of the settings main.cf is written with (over the given text if adopted)."""
         return dict(self._main_cf)
+
+    def render_main_cf(self) -> str:
+        """The main.cf text ``write_config`` writes."""
+        if self._adopted_main_cf is None:
+            return render_main_cf(self._main_cf)
+        text = self._adopted_main_cf
+        if text and not text.endswith("\n"):
+            text += "\n"
+        edited = MainCf(text + ADOPTED_HEADER + "\n")
+        for name, value in self._main_cf.items():
+            edited.set(name, value)
+        return edited.render()
 
     def configure(self, main_cf: Mapping[str, str]) -> None:
         """Add or override main.cf settings; rewrites main.cf if written (then ``reload``)."""
@@ -244,7 +419,7 @@ class PostfixInstance:
 
     def _write_main_cf(self) -> None:
         path = self.config_dir / "main.cf"
-        write_atomic(path, render_main_cf(self._main_cf).encode(), mode=0o644)
+        write_atomic(path, self.render_main_cf().encode(), mode=0o644)
         # Theory point 9: complete by rename, so date it back past Postfix's 2 s wait.
         past = time.time() - MAIN_CF_AGE
         os.utime(path, (past, past))
@@ -315,14 +490,19 @@ class PostfixInstance:
                 shutil.copyfile(source, self.config_dir / name)
             elif name == "postfix-files":
                 raise InstanceError(f"{source} is missing: is Postfix installed completely?")
-        template = _master_cf_template(meta)
-        _write_text(self.config_dir / "master.cf", render_master_cf(
-            template, address=self.address, port=self.port, services=self.services))
+        master_cf = self._adopted_master_cf
+        if master_cf is None:
+            master_cf = render_master_cf(_master_cf_template(meta), address=self.address,
+                                         port=self.port, services=self.services)
+        _write_text(self.config_dir / "master.cf", master_cf)
         self._write_main_cf()
         self._written = True
 
     def _mail_owner(self) -> pwd.struct_passwd:
-        name = self._main_cf.get("mail_owner", "postfix")
+        name = self._main_cf.get("mail_owner")
+        if name is None and self._adopted_main_cf is not None:
+            name = MainCf(self._adopted_main_cf).get("mail_owner")
+        name = name or "postfix"
         try:
             return pwd.getpwnam(name)
         except KeyError:
@@ -450,11 +630,13 @@ class PostfixInstance:
         else:
             reason = f"{what} failed with exit status {result.returncode}"
         text = self.log_text()
-        if what == "postfix start" and not port_free(self.address, self.port):
-            reason += f"; {self.address}:{self.port} is already in use"
+        taken = [port for port in self.ports.values()
+                 if what == "postfix start" and not port_free(self.address, port)]
+        if taken:
+            reason += f"; {self.address}:{taken[0]} is already in use"
         elif what == "postfix start" and "postfix/master[" not in text[since:]:
             reason += ("; the master gave its reason to syslog only (theory point 5): "
-                       "check the extra master.cf lines")
+                       "check the extra or adopted master.cf lines")
         return InstanceError(f"{reason} (config {self.config_dir})", output=result.output,
                              log_tail=_tail(text))
 

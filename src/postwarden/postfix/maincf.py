@@ -33,6 +33,8 @@ from pathlib import Path
 from postwarden.errors import ConfigError, PostwardenError, clip
 from postwarden.postfix import lexer
 
+WRAP = 80  # columns; longer list values are written over continuation lines by set(wrap=)
+
 
 class EditError(PostwardenError):
     """An edit postwarden refuses because it would corrupt the file."""
@@ -223,26 +225,51 @@ class MainCf:
         last = self.lines[d.last]
         return "\r\n" if last.endswith("\r\n") else "\n" if last.endswith("\n") else ""
 
-    def set(self, name: str, value: str) -> None:
-        """Give name this value: rewrite its effective definition, or append one."""
+    def set(self, name: str, value: str, *, wrap: bool = False) -> None:
+        """Give name this value: rewrite its effective definition, or append one.
+
+        With ``wrap``, a long list value is written over continuation lines, one break
+        after each comma that would pass ``WRAP`` columns (Postfix joins them again).
+        """
         _check_name(name)
         _check_value(value)
         found = self.find(name)
-        line = f"{name} = {value}".rstrip(lexer.SPACE)
+        parts = [f"{name} = {value}".rstrip(lexer.SPACE)]
+        if wrap:
+            parts = self._wrapped(parts[0])
         if not found:
             if self.lines and not self.lines[-1].endswith("\n"):
                 self.lines[-1] += self._newline()
-            self.lines.append(line + self._newline())
+            self.lines.extend(part + self._newline() for part in parts)
         else:
             d = found[-1]
             if d.value == value.strip(lexer.SPACE):
                 return
             ending = self._line_ending(d)
-            replacement = [line + ending, *self._kept_comments(d)]
-            if not ending and replacement[1:]:
-                replacement[0] += self._newline()
+            newline = ending or self._newline()
+            replacement = [part + newline for part in parts[:-1]]
+            replacement += [parts[-1] + ending, *self._kept_comments(d)]
+            if not ending and len(replacement) > len(parts):
+                replacement[len(parts) - 1] += self._newline()
             self.lines[d.first : d.last + 1] = replacement
         self._parse()
+
+    @staticmethod
+    def _wrapped(line: str) -> list[str]:
+        """line broken after commas into continuation lines indented by four spaces."""
+        if len(line) <= WRAP or "," not in line:
+            return [line]
+        out: list[str] = []
+        current = ""
+        for part in line.split(","):
+            piece = part if not current else "," + part
+            if current and len(current) + len(piece) > WRAP:
+                out.append(current + ",")
+                current = "    " + part.strip(lexer.SPACE)
+            else:
+                current += piece
+        out.append(current)
+        return out
 
     def remove(self, name: str, *, keep_last: bool = False) -> int:
         """Delete every definition of name (or every one but the effective one).

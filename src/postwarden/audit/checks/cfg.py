@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from postwarden.audit.context import Context, parse_version
+from postwarden.audit.fixes import Change, Inputs, Op, Outcome
 from postwarden.audit.model import Hit, Severity, rule
 from postwarden.postfix import check as config_check
 
@@ -20,6 +21,12 @@ SECURITY_WORDS = ("restrictions", "milters", "tls", "sasl", "mynetworks", "inet_
                   "relay", "smtpd_", "policy")
 
 
+def _dedup(ctx: Context, hit: Hit, inputs: Inputs) -> Iterator[Outcome]:
+    """Keep the definition Postfix uses (the last); the rules then judge its value."""
+    if hit.parameter:
+        yield Change(Op.DEDUP, hit.parameter)
+
+
 def _config_findings(ctx: Context, finding_id: str) -> Iterator[config_check.Finding]:
     return (f for f in ctx.config_findings if f.id == finding_id)
 
@@ -28,8 +35,9 @@ def _config_findings(ctx: Context, finding_id: str) -> Iterator[config_check.Fin
       severity=Severity.MEDIUM,
       rationale="The last definition wins and Postfix warns only in postconf's output; the "
                 "earlier lines, often the ones the admin meant, are silently ignored.",
-      fix="Keep one definition with the intended value; delete the others.",
-      references=(f"{P5} main.cf file format", "Postfix util/dict.c"))
+      fix="Keep one definition with the intended value; delete the others (harden keeps "
+          "the effective, last one).",
+      references=(f"{P5} main.cf file format", "Postfix util/dict.c"), remedy=_dedup)
 def duplicate_different(ctx: Context) -> Iterator[Hit]:
     for finding in _config_findings(ctx, "CFG-DUP"):
         name = finding.parameter or ""
@@ -41,7 +49,8 @@ def duplicate_different(ctx: Context) -> Iterator[Hit]:
 @rule(id="CFG-002", title="Parameter defined more than once with the same value",
       severity=Severity.INFO,
       rationale="Silent in Postfix, but a later edit of one copy is undone by the other.",
-      fix="Delete all but one definition.", references=(f"{P5} main.cf file format",))
+      fix="Delete all but one definition.", references=(f"{P5} main.cf file format",),
+      remedy=_dedup)
 def duplicate_same(ctx: Context) -> Iterator[Hit]:
     for finding in _config_findings(ctx, "CFG-DUP-SAME"):
         yield Hit(finding.evidence, parameter=finding.parameter)

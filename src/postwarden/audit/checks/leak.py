@@ -10,6 +10,9 @@ Theory of operation
 Banners are judged twice: on the raw text (``$mail_name``, ``$mail_version``) and on the
 expanded text with the host name removed (literal product, OS and version words). A banner
 a service overrides with ``-o`` is reported on that service, one from main.cf once.
+The remedy of LEAK-001 to LEAK-003 is the banner postconf(5) asks for, ``$myhostname
+ESMTP``, where the finding points; postscreen_greet_banner goes back to its default,
+``$smtpd_banner``. LEAK-004 needs a header_checks table only the operator can write.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import re
 from collections.abc import Iterator
 
 from postwarden.audit.context import Context
+from postwarden.audit.fixes import Change, Inputs, Op, Outcome
 from postwarden.audit.model import Hit, Role, Severity, rule
 from postwarden.postfix.mastercf import Service
 
@@ -28,6 +32,7 @@ PRODUCT_WORDS = re.compile(
     r"suse|alpine|freebsd|openbsd|netbsd|gentoo|arch|raspbian|windows)\b", re.IGNORECASE)
 VERSION = re.compile(r"(?<![\w.])v?[0-9]+\.[0-9]+(\.[0-9]+)?(?![\w.])")
 HOSTNAME_REFS = ("$myhostname", "${myhostname}", "$(myhostname)")
+PLAIN_BANNER = "$myhostname ESMTP"  # postconf(5) smtpd_banner, less $mail_name
 
 
 def _banners(ctx: Context) -> Iterator[tuple[str, Service, str | None]]:
@@ -56,12 +61,22 @@ def _refers(ctx: Context, name: str, service: Service, parameter: str) -> bool:
                                       f"$({parameter})"))
 
 
+def _plain_banner(ctx: Context, hit: Hit, inputs: Inputs) -> Iterator[Outcome]:
+    """The hit's service is set only when it overrides the banner (``_banners``)."""
+    if hit.parameter == "smtpd_banner":
+        yield Change(Op.SET, "smtpd_banner", PLAIN_BANNER, hit.service)
+    elif hit.parameter == "postscreen_greet_banner":
+        yield Change(Op.UNSET, "postscreen_greet_banner", "", hit.service)
+
+
 @rule(id="LEAK-001", title="Greeting names the software or operating system",
       severity=Severity.LOW, roles=(Role.MX, Role.SUBMISSION), parameters=BANNERS,
       rationale="The 220 greeting is shown to every client before any check; naming Postfix "
                 "or the distribution only helps an attacker choose exploits.",
       fix="smtpd_banner = $myhostname ESMTP",
-      references=(f"{P5} smtpd_banner", "RFC 5321 4.3.1"))
+      references=(f"{P5} smtpd_banner", "RFC 5321 4.3.1"),
+      remedy=_plain_banner)
+
 def banner_product(ctx: Context) -> Iterator[Hit]:
     for name, service, key in _banners(ctx):
         words = PRODUCT_WORDS.findall(_visible(ctx, name, service))
@@ -74,8 +89,11 @@ def banner_product(ctx: Context) -> Iterator[Hit]:
       severity=Severity.MEDIUM, roles=(Role.MX, Role.SUBMISSION), parameters=BANNERS,
       rationale="A version in the greeting tells scanners exactly which known "
                 "vulnerabilities to try.",
-      fix="Remove $mail_version and any version text from the banner.",
-      references=(f"{P5} smtpd_banner", f"{P5} mail_version"))
+      fix="Remove $mail_version and any version text from the banner: smtpd_banner = "
+          "$myhostname ESMTP.",
+      references=(f"{P5} smtpd_banner", f"{P5} mail_version"),
+      remedy=_plain_banner)
+
 def banner_version(ctx: Context) -> Iterator[Hit]:
     for name, service, key in _banners(ctx):
         visible = _visible(ctx, name, service)
@@ -91,7 +109,9 @@ def banner_version(ctx: Context) -> Iterator[Hit]:
                 "makes the server's name the first word of the 220 reply; clients and "
                 "anti-spam checks compare it with the host's DNS name.",
       fix="Start smtpd_banner with $myhostname, e.g. smtpd_banner = $myhostname ESMTP",
-      references=(f"{P5} smtpd_banner", "RFC 5321 4.3.1"))
+      references=(f"{P5} smtpd_banner", "RFC 5321 4.3.1"),
+      remedy=_plain_banner)
+
 def banner_hostname(ctx: Context) -> Iterator[Hit]:
     for name, service, key in _banners(ctx):
         if name != "smtpd_banner":

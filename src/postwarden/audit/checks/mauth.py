@@ -22,13 +22,58 @@ from collections.abc import Iterator
 
 from postwarden.audit.checks.milt import RESTRICTION_LISTS, SIGNER_WORDS, parse_milters
 from postwarden.audit.context import Context
+from postwarden.audit.fixes import Change, Inputs, Op, Outcome
 from postwarden.audit.model import Hit, Role, Severity, rule
 from postwarden.postfix.mastercf import Service
 
+# postwarden's own services (``harden --with policy|milter``): sockets in a directory of
+# their own under queue_directory, named relative to it so that chrooted smtpd and
+# unchrooted cleanup both reach them (MILTER_README, SMTPD_POLICY_README).
+POLICY = "unix:postwarden/policy"
+MILTER = "unix:postwarden/milter"
 # Conventional ports: policyd-spf has none; OpenDMARC 8893; rspamd's milter proxy 11332.
-SPF_WORDS = ("spf", "rspamd", ":11332")
-DMARC_WORDS = ("dmarc", "rspamd", ":8893", ":11332")
-DKIM_WORDS = (*SIGNER_WORDS, "amavis")
+SPF_WORDS = ("spf", "rspamd", ":11332", POLICY)
+DMARC_WORDS = ("dmarc", "rspamd", ":8893", ":11332", MILTER)
+DKIM_WORDS = (*SIGNER_WORDS, "amavis", MILTER)
+# What postwarden's services replace (the guide's postgrey, policyd-spf, OpenDKIM, OpenDMARC).
+REPLACED_POLICY = ("postgrey", ":10023", "policyd-spf", "spf")
+REPLACED_MILTERS = ("opendkim", "opendmarc", ":8891", ":8892", ":8893", ":12301")
+RELAY_GUARDS = ("reject_unauth_destination", "defer_unauth_destination")
+POLICY_SETTINGS = (("smtpd_policy_service_timeout", "10s"),
+                   ("smtpd_policy_service_default_action", "451 4.3.5 Server configuration "
+                    "problem"))
+MILTER_SETTINGS = (("milter_protocol", "6"), ("milter_default_action", "tempfail"),
+                   ("milter_connect_timeout", "10s"), ("milter_command_timeout", "30s"),
+                   ("milter_content_timeout", "300s"))
+
+
+def wire_policy(ctx: Context, hit: Hit, inputs: Inputs) -> Iterator[Outcome]:
+    """--with policy: one check_policy_service after the relay guard, the others gone."""
+    if "policy" not in inputs.extras:
+        return
+    for name in RESTRICTION_LISTS:
+        for r in ctx.restrictions(name):
+            if (r.name == "check_policy_service" and r.argument
+                    and _any([r.argument], REPLACED_POLICY) and r.argument != POLICY):
+                yield Change(Op.REMOVE, name, str(r))
+    yield Change(Op.INSERT, "smtpd_recipient_restrictions", f"check_policy_service {POLICY}",
+                 after=RELAY_GUARDS, before=("permit",))
+    for name, value in POLICY_SETTINGS:
+        yield Change(Op.SET, name, value)
+
+
+def wire_milter(ctx: Context, hit: Hit, inputs: Inputs) -> Iterator[Outcome]:
+    """--with milter: postwarden's milter in smtpd_milters and non_smtpd_milters, the
+    milters it replaces gone, fail-closed default action and explicit time limits."""
+    if "milter" not in inputs.extras:
+        return
+    for name in ("smtpd_milters", "non_smtpd_milters"):
+        for endpoint, _ in parse_milters(ctx.value(name)):
+            if _any([endpoint], REPLACED_MILTERS):
+                yield Change(Op.REMOVE, name, endpoint)
+        yield Change(Op.INSERT, name, MILTER)
+    for name, value in MILTER_SETTINGS:
+        yield Change(Op.SET, name, value)
 
 
 
@@ -49,9 +94,10 @@ def _any(endpoints: list[str], words: tuple[str, ...]) -> bool:
       roles=(Role.MX,), parameters=("smtpd_recipient_restrictions",),
       rationale="Without an SPF policy service or milter, mail whose envelope sender is "
                 "forged is judged only by content filters (RFC 7208 section 2.4).",
-      fix="Add an SPF check, e.g. check_policy_service unix:private/policyd-spf after "
-          "reject_unauth_destination, or a milter such as rspamd.",
-      references=("RFC 7208 section 2.4", "SMTPD_POLICY_README"))
+      fix="Add an SPF check after reject_unauth_destination: postwarden's policy service "
+          "(harden --with policy), policyd-spf, or a milter such as rspamd.",
+      references=("RFC 7208 section 2.4", "SMTPD_POLICY_README"),
+      remedy=wire_policy, takes=("policy",))
 def no_spf(ctx: Context) -> Iterator[Hit]:
     for service in ctx.mx_services():
         if not _any(_endpoints(ctx, ctx.smtpd_behind(service)), SPF_WORDS):
@@ -64,8 +110,10 @@ def no_spf(ctx: Context) -> Iterator[Hit]:
                                                             "non_smtpd_milters"),
       rationale="Unsigned mail cannot pass DMARC by DKIM alignment and fails DMARC wherever "
                 "SPF breaks, e.g. after forwarding (RFC 7489 section 4.2).",
-      fix="Sign with a milter (OpenDKIM, rspamd) in smtpd_milters and non_smtpd_milters.",
-      references=("RFC 6376 section 5", "RFC 7489 section 4.2", "MILTER_README"))
+      fix="Sign with a milter (postwarden's: harden --with milter; OpenDKIM, rspamd) in "
+          "smtpd_milters and non_smtpd_milters.",
+      references=("RFC 6376 section 5", "RFC 7489 section 4.2", "MILTER_README"),
+      remedy=wire_milter, takes=("milter",))
 def no_dkim(ctx: Context) -> Iterator[Hit]:
     found = [e for e, _ in parse_milters(ctx.value("non_smtpd_milters"))]
     found += [e for e, _ in parse_milters(ctx.value("smtpd_milters"))]
@@ -83,8 +131,10 @@ def no_dkim(ctx: Context) -> Iterator[Hit]:
       rationale="Without a DMARC verifier the published policies of sender domains "
                 "(p=reject) are ignored and exact-domain spoofing gets through "
                 "(RFC 7489 section 6.6).",
-      fix="Add a DMARC milter (OpenDMARC, rspamd) to smtpd_milters.",
-      references=("RFC 7489 section 6.6", "MILTER_README"))
+      fix="Add a DMARC milter (postwarden's: harden --with milter; OpenDMARC, rspamd) to "
+          "smtpd_milters.",
+      references=("RFC 7489 section 6.6", "MILTER_README"),
+      remedy=wire_milter, takes=("milter",))
 def no_dmarc(ctx: Context) -> Iterator[Hit]:
     for service in ctx.mx_services():
         if not _any(_endpoints(ctx, ctx.smtpd_behind(service)), DMARC_WORDS):

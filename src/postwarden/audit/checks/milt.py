@@ -17,6 +17,12 @@ A relative unix path is relative to queue_directory; so is an absolute one when 
 process is chrooted, because the jail's root is the queue directory. A finding names the
 service only when that service overrides the parameter, so one main.cf line gives one
 finding, not one per service.
+
+Remedies edit the text where the finding points: a per-milter ``default_action = accept``
+is taken out of its braces, a signer named in smtpd_milters is added to
+non_smtpd_milters, and ``milter_default_action``/``milter_protocol`` go back to their
+defaults (tempfail, 6). Sockets and jails (MILT-003, MILT-004) need the milter's own
+configuration and are left to the operator.
 """
 
 from __future__ import annotations
@@ -24,7 +30,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from postwarden.audit import fixes
 from postwarden.audit.context import Context
+from postwarden.audit.fixes import Change, Inputs, Op, Outcome, service_setting, unset
 from postwarden.audit.model import Hit, Role, Severity, rule
 from postwarden.postfix.mastercf import Service, extract_braced, split_words
 
@@ -111,6 +119,49 @@ def chrooted(ctx: Context, service: Service | None) -> bool:
     return service.chroot == "y"
 
 
+def _written(ctx: Context, hit: Hit, name: str) -> tuple[str | None, str]:
+    """(scope, text) of name where the hit's service gets it: its -o, else main.cf."""
+    where = fixes.scope(ctx, hit, name)
+    service = ctx.service(*where.split("/", 1)) if where else None
+    if service is not None:
+        return where, service.overrides().get(name, "")
+    return None, ctx.config.main.get(name) or ""
+
+
+def _without_accept(word: str) -> str:
+    """A milter list entry without a per-milter default_action = accept."""
+    if not word.startswith("{"):
+        return word
+    parts = [p.strip() for p in extract_braced(word).split(",")]
+    kept = [p for p in parts if not (p.partition("=")[0].strip() == "default_action"
+                                     and p.partition("=")[2].strip().lower() == "accept")]
+    if kept == parts:
+        return word
+    return kept[0] if len(kept) == 1 else "{ " + ", ".join(kept) + " }"
+
+
+def _fail_closed(ctx: Context, hit: Hit, inputs: Inputs) -> Iterator[Outcome]:
+    name = hit.parameter
+    if name == "milter_default_action":
+        yield Change(Op.UNSET, name, "", fixes.scope(ctx, hit, name))
+    elif name is not None:
+        where, text = _written(ctx, hit, name)
+        words = split_words(text, SEPARATORS)
+        kept = [_without_accept(w) for w in words]
+        if kept != words:  # else the entry comes from a $reference, fixed where it is
+            yield Change(Op.SET, name, ", ".join(kept), where)
+
+
+def _sign_local_mail(ctx: Context, hit: Hit, inputs: Inputs) -> Iterator[Outcome]:
+    local = {e for e, _ in parse_milters(ctx.value("non_smtpd_milters"))}
+    signers = [w for w in split_words(ctx.value("smtpd_milters"), SEPARATORS)[:MAX_MILTERS]
+               if any(is_signer(e) and e not in local for e, _ in parse_milters(w))]
+    written = (ctx.config.main.get("non_smtpd_milters") or "").strip()
+    if signers:
+        yield Change(Op.SET, "non_smtpd_milters", ", ".join(
+            [written, *signers] if written else signers))
+
+
 def _jailed(ctx: Context, path: str) -> str:
     return str(ctx.queue_path(path.lstrip("/")))
 
@@ -123,7 +174,9 @@ def _jailed(ctx: Context, path: str) -> str:
       fix="Remove milter_default_action (the default, tempfail, defers mail until the "
           "milter is back) or use quarantine; drop per-milter default_action = accept.",
       references=(f"{P5} milter_default_action", f"{MIL} Different settings for different "
-                  "Milter applications"))
+                  "Milter applications"),
+      remedy=_fail_closed)
+
 def fail_open(ctx: Context) -> Iterator[Hit]:
     seen: set[tuple[str, str | None]] = set()
     for use in milter_uses(ctx):
@@ -148,7 +201,9 @@ def fail_open(ctx: Context) -> Iterator[Hit]:
       rationale="milter_protocol below 6 is the protocol of Postfix before 2.6; it limits "
                 "what milters may do and exists only for obsolete milters.",
       fix="Remove milter_protocol; the default (6) is right for current milters.",
-      references=(f"{P5} milter_protocol", MIL))
+      references=(f"{P5} milter_protocol", MIL),
+      remedy=unset("milter_protocol"))
+
 def old_protocol(ctx: Context) -> Iterator[Hit]:
     scopes: list[Service | None] = [None]
     scopes += [s for s in ctx.services if ctx.overridden("milter_protocol", s)]
@@ -241,7 +296,9 @@ def missing_socket(ctx: Context) -> Iterator[Hit]:
                 "non_smtpd_milters; a signer listed only in smtpd_milters leaves it unsigned.",
       fix="List the signing milter in non_smtpd_milters too (non_smtpd_milters = "
           "$smtpd_milters when they are the same).",
-      references=(f"{MIL} Non-SMTP mail", f"{P5} non_smtpd_milters"))
+      references=(f"{MIL} Non-SMTP mail", f"{P5} non_smtpd_milters"),
+      remedy=_sign_local_mail)
+
 def signer_not_local(ctx: Context) -> Iterator[Hit]:
     local = {e for e, _ in parse_milters(ctx.value("non_smtpd_milters"))}
     for endpoint, _ in parse_milters(ctx.value("smtpd_milters")):
@@ -258,7 +315,9 @@ def signer_not_local(ctx: Context) -> Iterator[Hit]:
                 "the submission service, users' mail can be treated as inbound and left "
                 "unsigned.",
       fix="Add -o milter_macro_daemon_name=ORIGINATING to the submission services.",
-      references=(f"{P5} milter_macro_daemon_name", MIL))
+      references=(f"{P5} milter_macro_daemon_name", MIL),
+      remedy=service_setting("milter_macro_daemon_name", "ORIGINATING"))
+
 def not_originating(ctx: Context) -> Iterator[Hit]:
     for service in ctx.submission_services():
         milters = parse_milters(ctx.value("smtpd_milters", service))

@@ -5,7 +5,7 @@ word by word, and a word that is not an address (a ``/file``, a ``type:table``, 
 name) is reported as trust the audit cannot see through, never guessed at.
 Standards: postconf(5) inet_interfaces, mynetworks, mynetworks_style,
 smtpd_authorized_xclient_hosts, smtpd_authorized_xforward_hosts,
-smtpd_upstream_proxy_protocol, postscreen_upstream_proxy_protocol;
+smtpd_upstream_proxy_protocol, postscreen_upstream_proxy_protocol, myhostname, mydomain;
 STANDARD_CONFIGURATION_README "null client"; SMTPD_ACCESS_README; XCLIENT_README;
 master(5).
 
@@ -25,6 +25,7 @@ import ipaddress
 from collections.abc import Iterator
 
 from postwarden.audit.context import Context
+from postwarden.audit.fixes import Change, Inputs, Needs, Op, Outcome, chain, setting
 from postwarden.audit.model import Hit, Role, Severity, rule
 from postwarden.postfix.mastercf import Service
 
@@ -85,7 +86,8 @@ def _loopback_only(ctx: Context) -> bool:
       rationale="A send-only host needs no SMTP listener on a public address; every open "
                 "port is attack surface (STANDARD_CONFIGURATION_README, null client).",
       fix="Set inet_interfaces = loopback-only (and mydestination empty) on a null client.",
-      references=(f"{P5} inet_interfaces", "STANDARD_CONFIGURATION_README null client"))
+      references=(f"{P5} inet_interfaces", "STANDARD_CONFIGURATION_README null client"),
+      remedy=chain(setting("inet_interfaces", "loopback-only"), setting("mydestination", "")))
 def null_client_listens(ctx: Context) -> Iterator[Hit]:
     if _loopback_only(ctx):
         return
@@ -232,3 +234,38 @@ def internal_public(ctx: Context) -> Iterator[Hit]:
                           f"{ctx.value(name, svc)}) but listens on a public address",
                           parameter=name, service=svc.key)
                 break
+
+
+def _set_identity(ctx: Context, hit: Hit, inputs: Inputs) -> Iterator[Outcome]:
+    """myhostname (and mydomain) from the operator's --hostname (--domain)."""
+    if inputs.hostname is not None:
+        yield Change(Op.SET, "myhostname", inputs.hostname)
+    elif _identity_problem(ctx):
+        yield Needs("hostname", "myhostname")
+    if inputs.domain is not None:
+        yield Change(Op.SET, "mydomain", inputs.domain)
+
+
+def _identity_problem(ctx: Context) -> str | None:
+    name = ctx.value("myhostname")
+    if "myhostname" not in ctx.config.main:
+        return f"myhostname is not set; Postfix takes the machine's name ({name})"
+    if "." not in name.strip(".") or name.endswith((".localdomain", ".local", ".localhost")):
+        return f"myhostname = {name} is not a public fully qualified name"
+    return None
+
+
+@rule(id="NET-008", title="Host name left to the machine",
+      severity=Severity.LOW, parameters=("myhostname", "mydomain"),
+      rationale="Without myhostname Postfix takes the kernel's host name, which often is not "
+                "the name in DNS, in the certificate and in the PTR record; the greeting, "
+                "the HELO of outgoing mail and the Received headers then carry a name that "
+                "receivers cannot verify, and mail to $myhostname goes astray.",
+      fix="Set myhostname to the server's public fully qualified name (and mydomain when "
+          "the mail domain is not the part after the first dot): harden --hostname, --domain.",
+      references=(f"{P5} myhostname", f"{P5} mydomain", "RFC 5321 section 4.1.1.1"),
+      remedy=_set_identity, takes=("hostname", "domain"))
+def identity(ctx: Context) -> Iterator[Hit]:
+    problem = _identity_problem(ctx)
+    if problem:
+        yield Hit(problem, parameter="myhostname")

@@ -15,14 +15,20 @@ The client's level is ``smtp_tls_security_level`` (the legacy ``smtp_use_tls`` a
 main.cf level and, where it matters (DANE, verification, the relayhost), also the policy
 file's text and the smtp client services' overrides; a socketmap or tcp policy table is
 taken to be an MTA-STS resolver (postfix-mta-sts-resolver, postfix-tlspol).
+
+Remedies raise nothing that could stop mail: opportunistic TLS, SSL excluded, DNSSEC
+lookups where DANE was already asked for, the system CA bundle where verification was.
+A mandatory level, DANE itself, an MTA-STS resolver and the policy for a smarthost are the
+operator's decisions (OUT-002, OUT-003, OUT-005, OUT-008).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
-from postwarden.audit.checks.tls import BROKEN, PROTOCOLS, enabled_protocols
+from postwarden.audit.checks.tls import BROKEN, PROTOCOLS, enabled_protocols, exclude_broken
 from postwarden.audit.context import LOOPBACK_HOSTS, Context
+from postwarden.audit.fixes import Change, Inputs, Op, Outcome, setting
 from postwarden.audit.model import Hit, Role, Severity, rule
 
 P5 = "postconf(5)"
@@ -30,6 +36,10 @@ TLS = "TLS_README"
 MANDATORY = ("encrypt", "verify", "secure", "fingerprint", "dane-only")
 VERIFYING = ("verify", "secure")
 DANE = ("dane", "dane-only")
+# The system CA bundle: Debian/Ubuntu, RHEL/Fedora, SUSE, Alpine/BSD. smtp_tls_CAfile is
+# read before the chroot, unlike smtp_tls_CApath (postconf(5)), so a chrooted smtp(8) works.
+CA_BUNDLES = ("/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt",
+              "/etc/ssl/ca-bundle.pem", "/etc/ssl/cert.pem")
 
 
 def _level(ctx: Context) -> str:
@@ -77,12 +87,29 @@ def _uses_tls(ctx: Context) -> bool:
     return _level(ctx) != "none" or bool(_policy_tables(ctx))
 
 
+def _dnssec_lookups(ctx: Context, hit: Hit, inputs: Inputs) -> Iterator[Outcome]:
+    if hit.parameter == "smtp_dns_support_level":
+        yield Change(Op.SET, "smtp_dns_support_level", "dnssec")
+    elif hit.parameter == "smtp_host_lookup":
+        # DNS first; "native" stays as a fallback so /etc/hosts names still resolve.
+        rest = [w for w in ctx.words("smtp_host_lookup") if w.lower() != "dns"]
+        yield Change(Op.SET, "smtp_host_lookup", ", ".join(["dns", *rest]))
+
+
+def _system_ca(ctx: Context, hit: Hit, inputs: Inputs) -> Iterator[Outcome]:
+    bundle = next((p for p in CA_BUNDLES if ctx.file(p).is_file), None)
+    if bundle is not None:
+        yield Change(Op.SET, "smtp_tls_CAfile", bundle)
+
+
 @rule(id="OUT-001", title="Outbound TLS switched off",
       severity=Severity.MEDIUM, parameters=("smtp_tls_security_level", "smtp_tls_policy_maps"),
       rationale="Postfix's default client level is none: even to servers that offer "
                 "STARTTLS, mail leaves in clear text.",
       fix="smtp_tls_security_level = may (or dane with a validating resolver).",
-      references=(f"{P5} smtp_tls_security_level", TLS, "RFC 3207"))
+      references=(f"{P5} smtp_tls_security_level", TLS, "RFC 3207"),
+      remedy=setting("smtp_tls_security_level", "may"))
+
 def outbound_off(ctx: Context) -> Iterator[Hit]:
     if not _uses_tls(ctx):
         shown = ctx.value("smtp_tls_security_level") or "(empty)"
@@ -139,9 +166,11 @@ def no_dane(ctx: Context) -> Iterator[Hit]:
       rationale="TLS_README: unless smtp_dns_support_level is dnssec and smtp_host_lookup "
                 "uses DNS, DANE is disabled for every destination and the client quietly "
                 "falls back to opportunistic TLS.",
-      fix="smtp_dns_support_level = dnssec, smtp_host_lookup = dns, and a local validating "
-          "resolver in /etc/resolv.conf.",
-      references=(TLS, "RFC 7672 2.1", f"{P5} smtp_dns_support_level"))
+      fix="smtp_dns_support_level = dnssec, dns first in smtp_host_lookup, and a local "
+          "validating resolver in /etc/resolv.conf.",
+      references=(TLS, "RFC 7672 2.1", f"{P5} smtp_dns_support_level"),
+      remedy=_dnssec_lookups)
+
 def dane_without_dnssec(ctx: Context) -> Iterator[Hit]:
     # XXX: whether the resolver validates is not visible in the configuration; a probe
     # (AD bit for a signed name) belongs to the runtime checks, not here.
@@ -180,10 +209,12 @@ def no_mta_sts(ctx: Context) -> Iterator[Hit]:
       rationale="With verify or secure (or MTA-STS policies) the client must check the "
                 "server's chain, and with no CA file or directory every such delivery fails "
                 "(tls_append_default_CA is off by default).",
-      fix="smtp_tls_CApath = /etc/ssl/certs (Debian) or smtp_tls_CAfile = the system "
-          "bundle.",
+      fix="smtp_tls_CAfile = the system bundle (Debian: /etc/ssl/certs/ca-certificates.crt; "
+          "read before the chroot, unlike smtp_tls_CApath).",
       references=(f"{P5} smtp_tls_CAfile", f"{P5} smtp_tls_CApath",
-                  f"{P5} tls_append_default_CA", TLS))
+                  f"{P5} tls_append_default_CA", TLS),
+      remedy=_system_ca)
+
 def no_trust_anchors(ctx: Context) -> Iterator[Hit]:
     why = [f"smtp_tls_security_level = {_level(ctx)}"] if _level(ctx) in VERIFYING else []
     why += [f"policy {dest} {words[0]}" for dest, words in _policy_entries(ctx)
@@ -203,10 +234,12 @@ def no_trust_anchors(ctx: Context) -> Iterator[Hit]:
       parameters=("smtp_tls_protocols", "smtp_tls_mandatory_protocols"),
       rationale="SSL 2 and 3 are broken (RFC 6176, RFC 7568); a client that still offers them "
                 "can be downgraded by an attacker on the path.",
-      fix="smtp_tls_protocols = >=TLSv1 and smtp_tls_mandatory_protocols = >=TLSv1.2 (before "
-          "Postfix 3.6: !SSLv2, !SSLv3).",
+      fix="Exclude SSLv2 and SSLv3: add !SSLv2, !SSLv3 to the list, or use the default "
+          "(>=TLSv1 since Postfix 3.6).",
       references=(f"{P5} smtp_tls_protocols", f"{P5} smtp_tls_mandatory_protocols",
-                  "RFC 7568", "RFC 8996"))
+                  "RFC 7568", "RFC 8996"),
+      remedy=exclude_broken)
+
 def ssl_outbound(ctx: Context) -> Iterator[Hit]:
     if not _uses_tls(ctx):
         return

@@ -18,6 +18,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from postwarden.audit.context import Context
+from postwarden.audit.fixes import Change, Inputs, Op, Outcome
+from postwarden.audit.fixes import scope as scope_of
 from postwarden.audit.model import Hit, Role, Severity, rule
 from postwarden.postfix.mastercf import Service
 
@@ -70,6 +72,27 @@ def mua_port(ctx: Context) -> Iterator[Hit]:
             yield Hit(f"{service.key} runs postscreen on port {port}", service=service.key)
 
 
+# POSTSCREEN_README "Configuring the postscreen(8) service": the helper each parameter
+# needs, as (parameter naming it, default name, type, maxproc, command).
+COMPANIONS = {
+    "smtpd_service_name": ("smtpd_service_name", "smtpd", "pass", "-", "smtpd"),
+    "postscreen_dnsbl_sites": ("dnsblog_service_name", "dnsblog", "unix", "0", "dnsblog"),
+    "postscreen_tls_security_level": ("tlsproxy_service_name", "tlsproxy", "unix", "0",
+                                      "tlsproxy"),
+}
+
+
+def _add_companion(ctx: Context, hit: Hit, inputs: Inputs) -> Iterator[Outcome]:
+    """The master.cf entry of the missing helper, under the name postscreen uses."""
+    postscreen = ctx.service(*hit.service.split("/", 1)) if hit.service else None
+    if hit.parameter not in COMPANIONS or postscreen is None:
+        return
+    name_parameter, default, type_, maxproc, command = COMPANIONS[hit.parameter]
+    name = ctx.value(name_parameter, postscreen) or default
+    yield Change(Op.SERVICE, f"{name}/{type_}",
+                 f"{name:<9} {type_:<5} -       -       y       -       {maxproc:<7} {command}")
+
+
 @rule(id="PSC-003", title="postscreen without the services it hands work to",
       severity=Severity.HIGH, roles=(Role.MX,),
       parameters=("smtpd_service_name", "postscreen_dnsbl_sites",
@@ -79,7 +102,8 @@ def mua_port(ctx: Context) -> Iterator[Hit]:
                 "is missing from master.cf, mail is not accepted or the tests fail.",
       fix="Add the master.cf entries 'smtpd pass - - y - - smtpd', "
           "'dnsblog unix - - y - 0 dnsblog' and 'tlsproxy unix - - y - 0 tlsproxy'.",
-      references=(f"{PSC} Configuring the postscreen(8) service", "master(5)"))
+      references=(f"{PSC} Configuring the postscreen(8) service", "master(5)"),
+      remedy=_add_companion)
 def missing_companions(ctx: Context) -> Iterator[Hit]:
     for service in _postscreens(ctx):
         name = ctx.value("smtpd_service_name", service) or "smtpd"
@@ -101,12 +125,19 @@ def missing_companions(ctx: Context) -> Iterator[Hit]:
                           parameter="postscreen_tls_security_level", service=service.key)
 
 
+def _mynetworks_first(ctx: Context, hit: Hit, inputs: Inputs) -> Iterator[Outcome]:
+    name = "postscreen_access_list"
+    postscreen = ctx.service(*hit.service.split("/", 1)) if hit.service else None
+    first = tuple(ctx.words(name, postscreen)[:1])
+    yield Change(Op.INSERT, name, "permit_mynetworks", scope_of(ctx, hit, name), before=first)
+
+
 @rule(id="PSC-004", title="postscreen access list does not exempt mynetworks",
       severity=Severity.LOW, roles=(Role.MX,), parameters=("postscreen_access_list",),
       rationale="Without permit_mynetworks, the site's own hosts and relays go through the "
                 "greeting and DNSBL tests and are delayed or rejected like strangers.",
       fix="Put permit_mynetworks first in postscreen_access_list.",
-      references=(f"{P5} postscreen_access_list", PSC))
+      references=(f"{P5} postscreen_access_list", PSC), remedy=_mynetworks_first)
 def no_mynetworks(ctx: Context) -> Iterator[Hit]:
     for service in _postscreens(ctx):
         words = ctx.words("postscreen_access_list", service)

@@ -20,6 +20,8 @@ import re
 from collections.abc import Iterator
 
 from postwarden.audit.context import Context, service_key
+from postwarden.audit.fixes import Change, Inputs, Op, Outcome, setting, unset
+from postwarden.audit.fixes import scope as scope_of
 from postwarden.audit.model import Hit, Role, Severity, rule
 from postwarden.postfix.mastercf import Service
 
@@ -32,6 +34,8 @@ ERROR_DEFAULTS = {"smtpd_soft_error_limit": 10, "smtpd_hard_error_limit": 20,
                   "smtpd_junk_command_limit": 100}
 FAR_ABOVE = 5
 TIME = re.compile(r"([0-9]+)([smhdw]?)")
+TLS_RATE = 100  # RATE-004's value; never below the per-client concurrency limit
+ANVIL = "anvil     unix  -       -       y       -       1       anvil"
 
 
 
@@ -58,7 +62,8 @@ def _zero(ctx: Context, name: str, service: Service) -> bool:
                 "and tie up every smtpd process.",
       fix="smtpd_client_connection_rate_limit = 30 (per anvil_rate_time_unit); exempt "
           "trusted hosts with smtpd_client_event_limit_exceptions.",
-      references=(f"{P5} smtpd_client_connection_rate_limit", "anvil(8)", "TUNING_README"))
+      references=(f"{P5} smtpd_client_connection_rate_limit", "anvil(8)", "TUNING_README"),
+      remedy=setting("smtpd_client_connection_rate_limit", "30"))
 def connection_rate(ctx: Context) -> Iterator[Hit]:
     name = "smtpd_client_connection_rate_limit"
     for scope, service in ctx.scopes(_public(ctx), (name,)):
@@ -105,13 +110,20 @@ def concurrency(ctx: Context) -> Iterator[Hit]:
                       f"{processes} processes", parameter=name, service=service_key(scope))
 
 
+def _tls_rate(ctx: Context, hit: Hit, inputs: Inputs) -> Iterator[Outcome]:
+    name = "smtpd_client_new_tls_session_rate_limit"
+    service = ctx.service(*hit.service.split("/", 1)) if hit.service else None
+    count = ctx.number("smtpd_client_connection_count_limit", service) or 0
+    yield Change(Op.SET, name, str(max(TLS_RATE, count)), scope_of(ctx, hit, name))
+
+
 @rule(id="RATE-004", title="TLS handshake rate unlimited",
       severity=Severity.LOW, roles=(Role.MX, Role.SUBMISSION),
       parameters=("smtpd_client_new_tls_session_rate_limit",),
       rationale="A full TLS handshake is expensive; without a limit one client can keep "
                 "the CPU busy negotiating new sessions.",
       fix="smtpd_client_new_tls_session_rate_limit = 100 (not below the concurrency limit).",
-      references=(f"{P5} smtpd_client_new_tls_session_rate_limit",))
+      references=(f"{P5} smtpd_client_new_tls_session_rate_limit",), remedy=_tls_rate)
 def tls_rate(ctx: Context) -> Iterator[Hit]:
     name = "smtpd_client_new_tls_session_rate_limit"
     tls = ("smtpd_tls_security_level", "smtpd_tls_wrappermode", "smtpd_use_tls")
@@ -124,12 +136,17 @@ def tls_rate(ctx: Context) -> Iterator[Hit]:
                       service=key)
 
 
+def _anvil(ctx: Context, hit: Hit, inputs: Inputs) -> Iterator[Outcome]:
+    yield Change(Op.SERVICE, "anvil/unix", ANVIL)
+
+
 @rule(id="RATE-005", title="Client limits set but no anvil service",
       severity=Severity.HIGH, parameters=LIMITS,
       rationale="smtpd counts connections and rates through anvil(8); without the anvil "
                 "service in master.cf it cannot reach it and the limits are not enforced.",
       fix="Restore the master.cf line 'anvil unix - - y - 1 anvil'.",
-      references=("anvil(8)", f"{P5} smtpd_client_connection_count_limit", "master(5)"))
+      references=("anvil(8)", f"{P5} smtpd_client_connection_count_limit", "master(5)"),
+      remedy=_anvil)
 def no_anvil(ctx: Context) -> Iterator[Hit]:
     if ctx.master_path is None or ctx.service("anvil", "unix") is not None:
         return
@@ -142,6 +159,11 @@ def no_anvil(ctx: Context) -> Iterator[Hit]:
             return
 
 
+def _back_to_default(ctx: Context, hit: Hit, inputs: Inputs) -> Iterator[Outcome]:
+    if hit.parameter:
+        yield from unset(hit.parameter)(ctx, hit, inputs)
+
+
 @rule(id="RATE-006", title="Error throttling weakened",
       severity=Severity.LOW, roles=(Role.MX,),
       parameters=("smtpd_error_sleep_time", *ERROR_DEFAULTS),
@@ -150,7 +172,8 @@ def no_anvil(ctx: Context) -> Iterator[Hit]:
                 "harvesting goes at full speed.",
       fix="Keep the defaults: smtpd_error_sleep_time = 1s, smtpd_soft_error_limit = 10, "
           "smtpd_hard_error_limit = 20, smtpd_junk_command_limit = 100.",
-      references=(f"{P5} smtpd_error_sleep_time", f"{P5} smtpd_hard_error_limit"))
+      references=(f"{P5} smtpd_error_sleep_time", f"{P5} smtpd_hard_error_limit"),
+      remedy=_back_to_default)
 def error_throttling(ctx: Context) -> Iterator[Hit]:
     names = ("smtpd_error_sleep_time", *ERROR_DEFAULTS)
     mx = {s.key: s for s in (ctx.smtpd_behind(m) for m in ctx.mx_services())}

@@ -31,6 +31,18 @@ before it lets through exactly the clients that meet one of those escapes.
 
 Restriction classes named in a list are expanded in place, as smtpd_check.c does; a
 ``warn_if_reject`` makes the next item a warning, so it stops no one.
+
+The remedies close the relay where the hit's service decides it: the escapes (and a bare
+``permit``) before the guard move behind ``reject_unauth_destination``, where they still
+act on mail for this host's own domains; the permits that need a login or the operator's
+own networks (``permit_mynetworks``, ``permit_sasl_authenticated``,
+``permit_tls_clientcerts``, ``check_ccert_access``, ``check_sasl_access``) and the items
+that only refuse stay ahead of it. With smtpd_relay_restrictions empty the guard of
+smtpd_recipient_restrictions is used; with no guard anywhere the relay list gets
+permit_mynetworks, permit_sasl_authenticated, reject_unauth_destination. XXX:
+permit_mx_backup and permit_tls_all_clientcerts stay where they are: closing them needs the
+operator's list (relay_domains or permit_mx_backup_networks; relay_clientcerts), so a
+relay open only through them is left to the operator.
 """
 
 from __future__ import annotations
@@ -41,6 +53,8 @@ from dataclasses import dataclass
 
 from postwarden.audit.checks.net import Breadth, breadth, list_words
 from postwarden.audit.context import Context
+from postwarden.audit.fixes import Change, Inputs, Op, Outcome
+from postwarden.audit.fixes import scope as scope_of
 from postwarden.audit.model import Hit, Role, Severity, rule
 from postwarden.audit.restrictions import KNOWN, RELAY_GUARDS, Restriction
 from postwarden.postfix.mastercf import Service
@@ -245,8 +259,115 @@ def _stop(walks: list[Walk], name: str) -> str:
     return next((w.stop or "" for w in walks if w.list_name == name), "")
 
 
-GUARD_FIX = ("smtpd_relay_restrictions = permit_mynetworks, permit_sasl_authenticated, "
-             "reject_unauth_destination")
+GUARD = "permit_mynetworks, permit_sasl_authenticated, reject_unauth_destination"
+GUARD_FIX = f"smtpd_relay_restrictions = {GUARD}"
+# Permits that stay ahead of the guard: a login, a client certificate the operator lists,
+# or the operator's own networks (see the theory of operation).
+KEEP_AHEAD = frozenset({"permit_mynetworks", "permit_sasl_authenticated",
+                        "permit_tls_clientcerts", "check_ccert_access", "check_sasl_access"})
+OPERATOR_ONLY = frozenset({"permit_mx_backup", "permit_tls_all_clientcerts"})
+# Guards that only refuse relaying; any other stop (reject, defer) also ends the list for
+# local mail, so the guard is inserted before it instead.
+DESTINATION_GUARDS = frozenset({"reject_unauth_destination", "defer_unauth_destination",
+                                "check_relay_domains"})
+
+
+def _movable(item: Restriction, name: str) -> bool:
+    """Whether item belongs behind the relay guard of list ``name``."""
+    if item.name == "permit" or item.name == "check_policy_service":
+        return True
+    if item.name in ESCAPES:
+        return item.name not in OPERATOR_ONLY
+    if item.name.startswith("check_") and item.name.endswith("_access"):
+        # RELAY-004: in the recipient list every table goes behind the guard.
+        return name == RECIPIENT or item.name not in KEEP_AHEAD
+    return False
+
+
+def _units(items: list[Restriction]) -> list[list[Restriction]]:
+    """Items with each ``warn_if_reject`` kept together with the item it softens."""
+    units: list[list[Restriction]] = []
+    for item in items:
+        if units and units[-1][-1].name == "warn_if_reject":
+            units[-1].append(item)
+        else:
+            units.append([item])
+    return units
+
+
+def _item_text(item: Restriction) -> str:
+    argument = item.argument
+    if argument is None:
+        return item.name
+    if any(ch in argument for ch in " ,\t") and not argument.startswith("{"):
+        argument = "{ " + argument + " }"
+    return f"{item.name} {argument}"
+
+
+def _list_text(items: list[str], on_service: bool) -> str:
+    """A list value: ", " in main.cf; "," in an -o, as master.cf writes them."""
+    if on_service and not any("{" in item for item in items):
+        return ",".join(w for item in items for w in item.split(" ", 1))
+    return ", ".join(items)
+
+
+def guard_first(ctx: Context, name: str, svc: Service | None, *,
+                on_service: bool = False) -> str | None:
+    """List ``name`` with the movable items behind a working relay guard; None when the
+    list would not change."""
+    items = ctx.restrictions(name, svc)
+    classes = set(ctx.words("smtpd_restriction_classes", svc))
+    units = _units(items)
+    cut = next((i for i, u in enumerate(units) if len(u) == 1 and u[0].name in RELAY_GUARDS),
+               len(units))
+    head, tail = units[:cut], [r for u in units[cut:] for r in u]
+    guard = Restriction("reject_unauth_destination", None, -1)
+    if tail and tail[0].name in DESTINATION_GUARDS:
+        guard, tail = tail[0], tail[1:]
+    ahead: list[Restriction] = []
+    behind: list[Restriction] = []
+    for unit in head:
+        if unit[0].name == "warn_if_reject":
+            if not (len(unit) == 2 and unit[1].name == guard.name):
+                ahead.extend(unit)  # a warning copy of the guard itself is dropped
+        elif any(_movable(r, name) for r in
+                 (_expand(ctx, [unit[0]], classes, svc, 0) if unit[0].name in classes
+                  else unit)):
+            behind.extend(unit)
+        else:
+            ahead.extend(unit)
+    result = [*ahead, guard, *behind, *tail]
+    if [str(r) for r in result] == [str(r) for r in items]:
+        return None
+    return _list_text([_item_text(r) for r in result], on_service)
+
+
+def _close_relay(ctx: Context, hit: Hit, inputs: Inputs) -> Iterator[Outcome]:
+    """Put the relay guard first where the hit's service decides relaying (see above)."""
+    svc = ctx.service(*hit.service.split("/", 1)) if hit.service else None
+    if svc is None:
+        return
+    wide = [w for w in list_words(ctx, "mynetworks", svc) if breadth(w) is Breadth.EVERYTHING]
+    where = scope_of(ctx, hit, "mynetworks")
+    if wide and len(wide) == len(list_words(ctx, "mynetworks", svc)):
+        yield Change(Op.UNSET, "mynetworks", "", where)  # back to mynetworks_style
+    for word in wide if len(wide) < len(list_words(ctx, "mynetworks", svc)) else ():
+        yield Change(Op.REMOVE, "mynetworks", word, where)
+    if _anonymous_sasl(ctx, svc):
+        yield Change(Op.INSERT, "smtpd_sasl_security_options", "noanonymous",
+                     scope_of(ctx, hit, "smtpd_sasl_security_options"))
+    name = RELAY
+    if not ctx.restrictions(RELAY, svc):
+        if not any(r.name in RELAY_GUARDS for r in ctx.restrictions(RECIPIENT, svc)):
+            where = scope_of(ctx, hit, RELAY)
+            yield Change(Op.SET, RELAY, _list_text(GUARD.split(", "), where is not None),
+                         where)
+            return
+        name = RECIPIENT
+    where = scope_of(ctx, hit, name)
+    value = guard_first(ctx, name, svc, on_service=where is not None)
+    if value is not None:
+        yield Change(Op.SET, name, value, where)
 
 
 @rule(id="RELAY-001", title="No relay guard: smtpd refuses to start",
@@ -256,8 +377,10 @@ GUARD_FIX = ("smtpd_relay_restrictions = permit_mynetworks, permit_sasl_authenti
                 "defer_unauth_destination, reject, defer, defer_if_permit or "
                 "check_relay_domains (one after permit or warn_if_reject does not count); "
                 "postconf does not check this, so the outage shows only at run time.",
-      fix=f"Set {GUARD_FIX}.",
-      references=(f"{P5} smtpd_relay_restrictions", "Postfix smtpd/smtpd_check.c"))
+      fix=f"Set {GUARD_FIX}, or put reject_unauth_destination right after the "
+          "permit_mynetworks and permit_sasl_authenticated of the list that has one.",
+      references=(f"{P5} smtpd_relay_restrictions", "Postfix smtpd/smtpd_check.c"),
+      remedy=_close_relay)
 def no_guard(ctx: Context) -> Iterator[Hit]:
     for svc in smtpd_services(ctx):
         if has_guard(ctx, RELAY, svc) or has_guard(ctx, RECIPIENT, svc):
@@ -278,9 +401,13 @@ def no_guard(ctx: Context) -> Iterator[Hit]:
                 "smtpd_recipient_restrictions).",
       fix="Put reject_unauth_destination right after the permit_mynetworks and "
           "permit_sasl_authenticated of smtpd_relay_restrictions, keep spam and policy checks "
-          "after it or in smtpd_recipient_restrictions, and narrow mynetworks.",
+          "after it or in smtpd_recipient_restrictions, include noanonymous in "
+          "smtpd_sasl_security_options, and narrow mynetworks (harden drops entries that "
+          "span the internet; permit_mx_backup and permit_tls_all_clientcerts need the "
+          "operator's relay_domains or relay_clientcerts).",
       references=(ACC, f"{P5} smtpd_relay_restrictions",
-                  f"{P5} smtpd_relay_before_recipient_restrictions"))
+                  f"{P5} smtpd_relay_before_recipient_restrictions"),
+      remedy=_close_relay)
 def open_relay(ctx: Context) -> Iterator[Hit]:
     for svc in exposed(ctx):
         for parameter, description in open_paths(ctx, svc):
@@ -323,7 +450,7 @@ def _before_guard(items: list[Restriction]) -> list[Restriction]:
                 "reject_unauth_destination, or your system could become an open relay).",
       fix="Move policy services and access tables after reject_unauth_destination, or give "
           "the relay decision its own smtpd_relay_restrictions.",
-      references=("SMTPD_POLICY_README", ACC))
+      references=("SMTPD_POLICY_README", ACC), remedy=_close_relay)
 def check_before_guard(ctx: Context) -> Iterator[Hit]:
     for svc in exposed(ctx):
         if ctx.restrictions(RELAY, svc):
@@ -343,7 +470,7 @@ def check_before_guard(ctx: Context) -> Iterator[Hit]:
                 "just that port.",
       fix="Give the service complete lists: on a submission service "
           "-o smtpd_relay_restrictions=permit_sasl_authenticated,reject.",
-      references=("master(5)", f"{P5} smtpd_relay_restrictions"))
+      references=("master(5)", f"{P5} smtpd_relay_restrictions"), remedy=_close_relay)
 def override_opens(ctx: Context) -> Iterator[Hit]:
     main_guarded = has_guard(ctx, RELAY, None) or has_guard(ctx, RECIPIENT, None)
     main_closed = not open_paths(ctx, None)

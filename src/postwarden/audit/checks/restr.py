@@ -26,6 +26,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from postwarden.audit.context import Context, service_key
+from postwarden.audit.fixes import Change, Inputs, Op, Outcome, chain, insert, remove_item, setting
+from postwarden.audit.fixes import scope as scope_of
 from postwarden.audit.model import Hit, Role, Severity, rule
 from postwarden.audit.restrictions import KNOWN, WITH_ARGUMENT, Restriction
 from postwarden.postfix.mastercf import Service, split_words
@@ -73,6 +75,16 @@ def _lists(ctx: Context, service: Service) -> Iterator[tuple[str, list[Restricti
         yield name, ctx.restrictions(name, service)
 
 
+def _drop_unknown(ctx: Context, hit: Hit, inputs: Inputs) -> Iterator[Outcome]:
+    """Remove the words of the hit's list that smtpd would answer with 451."""
+    name = hit.parameter or ""
+    service = ctx.service(*hit.service.split("/", 1)) if hit.service else None
+    classes = _classes(ctx, service)
+    for item in ctx.restrictions(name, service):
+        if _token_problem(item, classes):
+            yield from remove_item(name, str(item))(ctx, hit, inputs)
+
+
 def _policy_endpoints(ctx: Context) -> Iterator[tuple[str, str, Service]]:
     """(list name, endpoint argument, smtpd service) for every check_policy_service."""
     for service in ctx.all_smtpd():
@@ -96,7 +108,8 @@ def _endpoint(argument: str) -> str:
                 "placeholder such as '...' stops all incoming mail).",
       fix="Remove or correct the word; a restriction class must be listed in "
           "smtpd_restriction_classes.",
-      references=(ACC, f"{P5} smtpd_restriction_classes", "Postfix smtpd/smtpd_check.c"))
+      references=(ACC, f"{P5} smtpd_restriction_classes", "Postfix smtpd/smtpd_check.c"),
+      remedy=_drop_unknown)
 def unknown_token(ctx: Context) -> Iterator[Hit]:
     seen: set[tuple[str | None, str, str]] = set()
     for service in ctx.all_smtpd():
@@ -178,13 +191,18 @@ def _exists(path: Path) -> bool:
         return False
 
 
+def _spawn_limit(ctx: Context, hit: Hit, inputs: Inputs) -> Iterator[Outcome]:
+    if hit.parameter:
+        yield Change(Op.SET, hit.parameter, "3600s")  # main.cf: X_time_limit is read there
+
+
 @rule(id="RESTR-003", title="Spawned policy daemon without a time limit",
       severity=Severity.LOW, parameters=LISTS,
       rationale="spawn(8) kills its child after X_time_limit (default $command_time_limit, "
                 "1000s), while a policy daemon must live as long as the smtpd that talks to "
                 "it; killed mid-session, requests fall back to the default action.",
       fix="Set X_time_limit = 3600s in main.cf for the spawn service X.",
-      references=(POL, "spawn(8)", f"{P5} transport_time_limit"))
+      references=(POL, "spawn(8)", f"{P5} transport_time_limit"), remedy=_spawn_limit)
 def policy_time_limit(ctx: Context) -> Iterator[Hit]:
     seen: set[str] = set()
     for _name, argument, _service in _policy_endpoints(ctx):
@@ -235,6 +253,14 @@ def _mx_setting(ctx: Context, name: str) -> Iterator[tuple[Service | None, Servi
         yield scope, service, ctx.value(name, service)
 
 
+def _exclusions(ctx: Context, hit: Hit, inputs: Inputs) -> Iterator[Outcome]:
+    """smtpd_forbid_bare_newline_exclusions = $mynetworks unless the operator chose a list."""
+    name = "smtpd_forbid_bare_newline_exclusions"
+    service = ctx.service(*hit.service.split("/", 1)) if hit.service else None
+    if ctx.config.known(name) and not ctx.explicit(name, service):
+        yield Change(Op.SET, name, "$mynetworks", scope_of(ctx, hit, name))
+
+
 @rule(id="RESTR-005", title="SMTP smuggling protection off",
       severity=Severity.HIGH, roles=(Role.MX,), parameters=("smtpd_forbid_bare_newline",),
       rationale="Without smtpd_forbid_bare_newline an MX accepts bare <LF> line endings, "
@@ -243,7 +269,8 @@ def _mx_setting(ctx: Context, name: str) -> Iterator[tuple[Service | None, Servi
       fix="smtpd_forbid_bare_newline = yes (normalize from Postfix 3.9), with "
           "smtpd_forbid_bare_newline_exclusions = $mynetworks.",
       references=("https://www.postfix.org/smtp-smuggling.html",
-                  f"{P5} smtpd_forbid_bare_newline"))
+                  f"{P5} smtpd_forbid_bare_newline"),
+      remedy=chain(setting("smtpd_forbid_bare_newline", "yes"), _exclusions))
 def smuggling(ctx: Context) -> Iterator[Hit]:
     if not ctx.config.known("smtpd_forbid_bare_newline"):
         return
@@ -251,6 +278,14 @@ def smuggling(ctx: Context) -> Iterator[Hit]:
         if value.lower() == "no":
             yield Hit(f"smtpd_forbid_bare_newline = no on {service.key}",
                       parameter="smtpd_forbid_bare_newline", service=service_key(scope))
+
+
+def _no_pipelining(ctx: Context, hit: Hit, inputs: Inputs) -> Iterator[Outcome]:
+    if ctx.config.known("smtpd_forbid_unauth_pipelining"):
+        yield from setting("smtpd_forbid_unauth_pipelining", "yes")(ctx, hit, inputs)
+    else:
+        yield from insert("smtpd_data_restrictions", "reject_unauth_pipelining")(
+            ctx, hit, inputs)
 
 
 @rule(id="RESTR-006", title="Unauthorised pipelining not refused",
@@ -262,7 +297,7 @@ def smuggling(ctx: Context) -> Iterator[Hit]:
                 "the 354 reply (the flag is set at DATA time).",
       fix="smtpd_forbid_unauth_pipelining = yes (Postfix >= 3.7.6), or add "
           "reject_unauth_pipelining to smtpd_data_restrictions.",
-      references=(f"{P5} smtpd_forbid_unauth_pipelining", ACC))
+      references=(f"{P5} smtpd_forbid_unauth_pipelining", ACC), remedy=_no_pipelining)
 def pipelining(ctx: Context) -> Iterator[Hit]:
     names = ("smtpd_forbid_unauth_pipelining", "smtpd_data_restrictions")
     known = ctx.config.known(names[0])
@@ -279,7 +314,8 @@ def pipelining(ctx: Context) -> Iterator[Hit]:
       severity=Severity.LOW, roles=(Role.MX,), parameters=("disable_vrfy_command",),
       rationale="VRFY tells anyone whether an address exists, which helps address harvesting.",
       fix="disable_vrfy_command = yes",
-      references=(f"{P5} disable_vrfy_command", "RFC 5321 3.5.3"))
+      references=(f"{P5} disable_vrfy_command", "RFC 5321 3.5.3"),
+      remedy=setting("disable_vrfy_command", "yes"))
 def vrfy(ctx: Context) -> Iterator[Hit]:
     for scope, service, value in _mx_setting(ctx, "disable_vrfy_command"):
         if value.lower() != "yes":
@@ -293,7 +329,8 @@ def vrfy(ctx: Context) -> Iterator[Hit]:
                 "queue of fast_flush_domains.",
       fix="smtpd_etrn_restrictions = permit_mynetworks, reject (or add etrn to "
           "smtpd_discard_ehlo_keywords).",
-      references=(f"{P5} smtpd_etrn_restrictions", "ETRN_README"))
+      references=(f"{P5} smtpd_etrn_restrictions", "ETRN_README"),
+      remedy=setting("smtpd_etrn_restrictions", "permit_mynetworks, reject"))
 def etrn(ctx: Context) -> Iterator[Hit]:
     names = ("smtpd_etrn_restrictions", "smtpd_discard_ehlo_keywords")
     for scope, service in ctx.scopes(_mx(ctx), names):
@@ -308,7 +345,8 @@ def etrn(ctx: Context) -> Iterator[Hit]:
       rationale="Without smtpd_helo_required a client can skip HELO/EHLO and with it every "
                 "check in smtpd_helo_restrictions.",
       fix="smtpd_helo_required = yes",
-      references=(f"{P5} smtpd_helo_required", "RFC 5321 4.1.4"))
+      references=(f"{P5} smtpd_helo_required", "RFC 5321 4.1.4"),
+      remedy=setting("smtpd_helo_required", "yes"))
 def helo_required(ctx: Context) -> Iterator[Hit]:
     for scope, service, value in _mx_setting(ctx, "smtpd_helo_required"):
         if value.lower() != "yes":
@@ -349,7 +387,7 @@ def recipient_validation(ctx: Context) -> Iterator[Hit]:
                 "the recipient is known, so permit_sasl_authenticated and recipient-based "
                 "exceptions cannot work there and rejections log less.",
       fix="smtpd_delay_reject = yes",
-      references=(f"{P5} smtpd_delay_reject", ACC))
+      references=(f"{P5} smtpd_delay_reject", ACC), remedy=setting("smtpd_delay_reject", "yes"))
 def delay_reject(ctx: Context) -> Iterator[Hit]:
     for scope, service in ctx.scopes(ctx.all_smtpd(), ("smtpd_delay_reject",)):
         if ctx.value("smtpd_delay_reject", service).lower() == "no":
@@ -380,14 +418,36 @@ def unreachable(ctx: Context) -> Iterator[Hit]:
                     break
 
 
+# Where the envelope checks go in smtpd_recipient_restrictions: behind the permits of the
+# operator's own clients and the relay guard, ahead of everything else.
+HYGIENE_AFTER = ("permit_mynetworks", "permit_sasl_authenticated", "reject_unauth_destination",
+                 "defer_unauth_destination")
+
+
+def _hygiene(ctx: Context, hit: Hit, inputs: Inputs) -> Iterator[Outcome]:
+    name = "smtpd_recipient_restrictions"
+    service = ctx.service(*hit.service.split("/", 1)) if hit.service else None
+    items = ctx.restrictions(name, service)
+    before = tuple(r.name for r in items if r.name not in HYGIENE_AFTER)
+    after: tuple[str, ...] = ()
+    if not items:  # the site's own clients keep sending as before
+        for item in HYGIENE_AFTER[:2]:
+            yield Change(Op.INSERT, name, item, scope_of(ctx, hit, name), HYGIENE_AFTER[:2])
+    for item in HYGIENE:
+        yield Change(Op.INSERT, name, item, scope_of(ctx, hit, name), after or HYGIENE_AFTER,
+                     before)
+        after = (item,)
+
+
 @rule(id="RESTR-013", title="No envelope address checks on the MX",
       severity=Severity.LOW, roles=(Role.MX,), parameters=ENVELOPE_LISTS,
       rationale="Rejecting non-FQDN and unresolvable sender and recipient domains costs "
                 "little and stops much junk and backscatter before the message is accepted.",
       fix="Add reject_non_fqdn_sender, reject_unknown_sender_domain, "
-          "reject_non_fqdn_recipient and reject_unknown_recipient_domain after "
-          "permit_mynetworks/permit_sasl_authenticated.",
-      references=(ACC, f"{P5} reject_unknown_sender_domain"))
+          "reject_non_fqdn_recipient and reject_unknown_recipient_domain to "
+          "smtpd_recipient_restrictions, after permit_mynetworks/permit_sasl_authenticated "
+          "and the relay guard.",
+      references=(ACC, f"{P5} reject_unknown_sender_domain"), remedy=_hygiene)
 def envelope_hygiene(ctx: Context) -> Iterator[Hit]:
     for scope, service in ctx.scopes(_mx(ctx), ENVELOPE_LISTS):
         used = {r.name for n in ENVELOPE_LISTS for r in ctx.restrictions(n, service)}

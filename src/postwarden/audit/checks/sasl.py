@@ -7,6 +7,13 @@ Standards: SASL_README ("Postfix to Dovecot SASL communication", "Enabling SASL
 authentication in the Postfix SMTP client", "Envelope sender address authorization");
 postconf(5) smtpd_sasl_*, smtp_sasl_*, smtpd_tls_auth_only, smtpd_client_auth_rate_limit;
 RFC 4954 section 4 (no plaintext mechanisms without a protected session); RFC 8314.
+
+Remedies change the submission services through their own ``-o`` and never switch SASL on
+or off: which port users authenticate on (SASL-002), the AUTH rate their network needs
+(SASL-004), the sender/login map (SASL-005), a running Dovecot (SASL-007), the relay
+host's TLS (SASL-010), file modes (SASL-011) and a header a filter may read (SASL-012) are
+the operator's. ``smtpd_tls_auth_only`` needs a certificate smtpd can load: without TLS it
+would hide AUTH altogether.
 """
 
 from __future__ import annotations
@@ -14,7 +21,19 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from postwarden.audit.checks.relay import EARLY, RECIPIENT, RELAY, expand, walk
+from postwarden.audit.checks.tls import certificate, certificate_loads, hit_service
 from postwarden.audit.context import Context
+from postwarden.audit.fixes import (
+    Change,
+    Inputs,
+    Needs,
+    Op,
+    Outcome,
+    chain,
+    scope,
+    service_setting,
+    unset,
+)
 from postwarden.audit.model import Hit, Role, Severity, rule
 from postwarden.postfix.mastercf import Service
 
@@ -24,6 +43,8 @@ LOGIN_MISMATCH = ("reject_sender_login_mismatch", "reject_authenticated_sender_l
 # smtp_tls_security_level values that refuse to send without TLS (postconf(5)).
 MANDATORY_TLS = ("encrypt", "dane-only", "fingerprint", "verify", "secure")
 INDEXED = ("", ".db", ".lmdb", ".cdb")
+# RFC 6409 4.3 / SASL_README: a submission service takes mail from logged-in users only.
+AUTHENTICATED_ONLY = "permit_sasl_authenticated,reject"
 
 
 def sasl_services(ctx: Context) -> list[Service]:
@@ -45,6 +66,33 @@ def requires_auth(ctx: Context, svc: Service) -> bool:
                for name in (*EARLY, RELAY, RECIPIENT))
 
 
+def _auth_only(ctx: Context, hit: Hit, inputs: Inputs) -> Iterator[Outcome]:
+    svc = hit_service(ctx, hit)
+    if svc is None:
+        return  # run for a given --tls-cert: TLS-012 places the certificate
+    if not certificate_loads(ctx, svc):
+        outcomes = list(certificate(ctx, hit, inputs))
+        yield from outcomes
+        if any(isinstance(o, Needs) for o in outcomes):
+            return
+    name = "smtpd_tls_auth_only"
+    yield Change(Op.SET, name, "yes", scope(ctx, hit, name))
+
+
+def _no_anonymous(ctx: Context, hit: Hit, inputs: Inputs) -> Iterator[Outcome]:
+    name = hit.parameter
+    svc = hit_service(ctx, hit)
+    if name is None or (name == "smtpd_sasl_tls_security_options"
+                        and not ctx.explicit(name, svc)):
+        return  # its default, $smtpd_sasl_security_options, gets noanonymous itself
+    yield Change(Op.INSERT, name, "noanonymous", scope(ctx, hit, name))
+
+
+def _drop_local_domain(ctx: Context, hit: Hit, inputs: Inputs) -> Iterator[Outcome]:
+    if all(ctx.value("smtpd_sasl_type", s) == "dovecot" for s in ctx.all_smtpd()):
+        yield Change(Op.UNSET, "smtpd_sasl_local_domain")
+
+
 @rule(id="SASL-001", title="AUTH offered on unencrypted sessions",
       severity=Severity.HIGH, roles=(Role.SUBMISSION, Role.MX),
       parameters=("smtpd_tls_auth_only", "smtpd_sasl_security_options"),
@@ -53,7 +101,9 @@ def requires_auth(ctx: Context, svc: Service) -> bool:
                 "happen (RFC 4954 section 4).",
       fix="smtpd_tls_auth_only = yes (or smtpd_tls_security_level = encrypt on the "
           "submission service).",
-      references=("TLS_README", "SASL_README", "RFC 4954 section 4"))
+      references=("TLS_README", "SASL_README", "RFC 4954 section 4"),
+      remedy=_auth_only, takes=("tls-cert", "tls-key"))
+
 def auth_in_clear(ctx: Context) -> Iterator[Hit]:
     for svc in sasl_services(ctx):
         if (ctx.enforces_tls(svc) or ctx.yes("smtpd_tls_auth_only", svc)
@@ -98,7 +148,9 @@ def sasl_on_mx(ctx: Context) -> Iterator[Hit]:
                 "permit_sasl_authenticated lets anyone relay.",
       fix="Include noanonymous in smtpd_sasl_security_options and "
           "smtpd_sasl_tls_security_options.",
-      references=("SASL_README", f"{P5} smtpd_sasl_security_options"))
+      references=("SASL_README", f"{P5} smtpd_sasl_security_options"),
+      remedy=_no_anonymous)
+
 def anonymous(ctx: Context) -> Iterator[Hit]:
     for svc in sasl_services(ctx):
         for name in ("smtpd_sasl_security_options", "smtpd_sasl_tls_security_options"):
@@ -148,9 +200,13 @@ def sender_mismatch(ctx: Context) -> Iterator[Hit]:
       parameters=("smtpd_client_restrictions", RELAY, RECIPIENT),
       rationale="When no list of the submission service ends in a reject for clients "
                 "that did not log in, port 587/465 is a second MX without the MX's filters.",
-      fix="-o smtpd_recipient_restrictions=permit_sasl_authenticated,reject (or the same "
-          "in smtpd_client_restrictions) on the submission service.",
-      references=("SASL_README", "RFC 8314 section 3.3", "RFC 6409 section 4"))
+      fix="-o smtpd_relay_restrictions=permit_sasl_authenticated,reject and "
+          "-o smtpd_recipient_restrictions=permit_sasl_authenticated,reject on the "
+          "submission service.",
+      references=("SASL_README", "RFC 8314 section 3.3", "RFC 6409 section 4"),
+      remedy=chain(service_setting(RELAY, AUTHENTICATED_ONLY),
+                   service_setting(RECIPIENT, AUTHENTICATED_ONLY)))
+
 def submission_open(ctx: Context) -> Iterator[Hit]:
     for svc in submission_ports(ctx):
         if not requires_auth(ctx, svc):
@@ -196,7 +252,9 @@ def dovecot_socket(ctx: Context) -> Iterator[Hit]:
       parameters=("smtpd_sasl_local_domain",),
       rationale="Postfix's Dovecot client only logs the realm, so the setting does nothing; "
                 "switched to Cyrus it would append a realm to login names.",
-      fix="Remove smtpd_sasl_local_domain.", references=("SASL_README",))
+      fix="Remove smtpd_sasl_local_domain.", references=("SASL_README",),
+      remedy=_drop_local_domain)
+
 def local_domain(ctx: Context) -> Iterator[Hit]:
     if ctx.value("smtpd_sasl_type") == "dovecot" and ctx.value("smtpd_sasl_local_domain"):
         yield Hit(f"smtpd_sasl_local_domain = {ctx.value('smtpd_sasl_local_domain')} with "
@@ -208,8 +266,10 @@ def local_domain(ctx: Context) -> Iterator[Hit]:
       parameters=("broken_sasl_auth_clients",),
       rationale="The second, non-standard AUTH= line exists for Outlook Express 4 and "
                 "Exchange 5; today it only advertises more than needed.",
-      fix="broken_sasl_auth_clients = no.",
-      references=(f"{P5} broken_sasl_auth_clients",))
+      fix="Remove broken_sasl_auth_clients (the default is no).",
+      references=(f"{P5} broken_sasl_auth_clients",),
+      remedy=unset("broken_sasl_auth_clients"))
+
 def broken_clients(ctx: Context) -> Iterator[Hit]:
     for svc in sasl_services(ctx):
         if ctx.yes("broken_sasl_auth_clients", svc):

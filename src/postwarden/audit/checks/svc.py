@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from postwarden.audit.checks.net import Breadth, breadth, list_words
 from postwarden.audit.checks.sasl import SUBMISSION_PORTS, requires_auth
 from postwarden.audit.context import Context, parse_version
+from postwarden.audit.fixes import Change, Inputs, Needs, Op, Outcome
 from postwarden.audit.model import Hit, Role, Severity, rule
 
 P5 = "postconf(5)"
@@ -28,6 +29,40 @@ CLEARED = ("smtpd_client_restrictions", "smtpd_helo_restrictions",
            "smtpd_recipient_restrictions", "smtpd_data_restrictions", "smtpd_milters")
 
 
+# The path smtpd_sasl_path names per SASL type: Dovecot's listener inside the queue
+# directory (SASL_README), Cyrus's application name (smtpd.conf).
+SASL_PATHS = {"dovecot": "private/auth", "cyrus": "smtpd"}
+SUBMISSION_SERVICES = (("submission", 587), ("submissions", 465))
+
+
+def _add_submission(ctx: Context, hit: Hit, inputs: Inputs) -> Iterator[Outcome]:
+    """The submission (587) and submissions (465) services, with SASL when the operator
+    names a backend. The other rules complete them: TLS-003 enforces TLS, SASL-006 refuses
+    clients that did not log in, MILT-006 marks their mail as originating."""
+    if inputs.sasl is not None:
+        yield Change(Op.SET, "smtpd_sasl_type", inputs.sasl)
+        yield Change(Op.SET, "smtpd_sasl_path", SASL_PATHS[inputs.sasl])
+    ports = {ctx.port(s) for s in ctx.public_smtpd_services()}
+    smtp = ctx.service("smtp")
+    chroot = smtp.chroot if smtp is not None else "-"
+    for name, port in SUBMISSION_SERVICES:
+        if port in ports or ctx.service(name) is not None:
+            continue
+        lines = [f"{name} inet n       -       {chroot}       -       -       smtpd",
+                 f"  -o syslog_name=postfix/{name}"]
+        if inputs.sasl is not None:
+            lines.append("  -o smtpd_sasl_auth_enable=yes")
+        yield Change(Op.SERVICE, f"{name}/inet", "\n".join(lines) + "\n")
+    existing = [s for s in ctx.public_smtpd_services()
+                if s.process_name == "smtpd" and ctx.port(s) in SUBMISSION_PORTS]
+    if inputs.sasl is not None:
+        for svc in existing:
+            if not ctx.yes("smtpd_sasl_auth_enable", svc):
+                yield Change(Op.SET, "smtpd_sasl_auth_enable", "yes", svc.key)
+    elif not any(ctx.yes("smtpd_sasl_auth_enable", s) for s in existing):
+        yield Needs("sasl", "smtpd_sasl_auth_enable on the submission services")
+
+
 @rule(id="SVC-001", title="No dedicated submission service",
       severity=Severity.MEDIUM, roles=(Role.SUBMISSION,),
       parameters=("smtpd_sasl_auth_enable",),
@@ -35,14 +70,23 @@ CLEARED = ("smtpd_client_restrictions", "smtpd_helo_restrictions",
                 "port 25, which many networks block and where the MX's spam checks get in "
                 "their way (RFC 8314 section 3.3, RFC 6409).",
       fix="Enable the submission service (-o smtpd_tls_security_level=encrypt) and/or "
-          "submissions (-o smtpd_tls_wrappermode=yes) in master.cf.",
-      references=("RFC 8314 section 3.3", "RFC 6409", "SASL_README"))
+          "submissions (-o smtpd_tls_wrappermode=yes) in master.cf, with "
+          "-o smtpd_sasl_auth_enable=yes and the SASL backend in smtpd_sasl_type and "
+          "smtpd_sasl_path (harden --sasl dovecot|cyrus).",
+      references=("RFC 8314 section 3.3", "RFC 6409", "SASL_README"),
+      remedy=_add_submission, takes=("sasl",))
 def no_submission(ctx: Context) -> Iterator[Hit]:
-    sasl = [s for s in ctx.public_smtpd_services() if ctx.yes("smtpd_sasl_auth_enable", s)]
-    if not sasl or any(ctx.port(s) in SUBMISSION_PORTS for s in ctx.public_smtpd_services()):
+    public = ctx.public_smtpd_services()
+    if any(ctx.port(s) in SUBMISSION_PORTS for s in public):
         return
-    yield Hit(f"SASL is enabled on {', '.join(s.key for s in sasl)} but no service listens "
-              "on 587 or 465", parameter="smtpd_sasl_auth_enable", service=sasl[0].key)
+    sasl = [s for s in public if ctx.yes("smtpd_sasl_auth_enable", s)]
+    if sasl:
+        yield Hit(f"SASL is enabled on {', '.join(s.key for s in sasl)} but no service "
+                  "listens on 587 or 465", parameter="smtpd_sasl_auth_enable",
+                  service=sasl[0].key)
+    else:
+        yield Hit("no public smtpd service listens on 587 or 465",
+                  parameter="smtpd_sasl_auth_enable")
 
 
 @rule(id="SVC-002", title="Network daemon runs with root privileges",
@@ -137,13 +181,20 @@ def qmqp_open(ctx: Context) -> Iterator[Hit]:
                       parameter="qmqpd_authorized_clients", service=svc.key)
 
 
+def _drop_override(ctx: Context, hit: Hit, inputs: Inputs) -> Iterator[Outcome]:
+    """Remove the -o that turns TLS off: the service then uses main.cf's TLS settings."""
+    if hit.parameter and hit.service:
+        yield Change(Op.UNSET, hit.parameter, "", hit.service)
+
+
 @rule(id="SVC-007", title="Service override switches TLS off",
       severity=Severity.HIGH, roles=(Role.MX, Role.SUBMISSION),
       parameters=("smtpd_tls_security_level",),
       rationale="An -o override that turns TLS off makes that port plaintext only, "
                 "whatever main.cf says.",
       fix="Remove the override (submission: -o smtpd_tls_security_level=encrypt).",
-      references=("master(5)", f"{P5} smtpd_tls_security_level", "RFC 3207"))
+      references=("master(5)", f"{P5} smtpd_tls_security_level", "RFC 3207"),
+      remedy=_drop_override)
 def tls_off(ctx: Context) -> Iterator[Hit]:
     for svc in ctx.public_smtpd_services():
         overrides = svc.overrides()

@@ -24,12 +24,20 @@ protocols it leaves on, so rules compare sets, not strings.
 Certificate rules read the files (``audit.certs``) once per rule run (``_collect``), group
 them by file so a certificate shared by several services is reported once, and take the
 severity from the most exposed service that uses it (submission before MX).
+
+Remedies (``audit.fixes``) switch TLS on only where smtpd can load a certificate, or with
+the certificate and key the operator gives (``--tls-cert``, ``--tls-key``): without one,
+smtpd logs "No server certs available. TLS won't be enabled", so ``encrypt`` would refuse
+every client of a submission service and ``smtpd_tls_auth_only`` would hide AUTH. Protocol
+lists keep the operator's words and gain the exclusions they lack; a grade or cipher list
+goes back to Postfix's default. Choices that need the operator (a CA certificate, key
+permissions, TLS 1.2 on port 25, server cipher order) have no remedy.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -37,7 +45,17 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, rsa
 
 from postwarden.audit.certs import Bundle, Problem, covers, dh_bits, material, names, subject
-from postwarden.audit.context import Context
+from postwarden.audit.context import Context, parse_version
+from postwarden.audit.fixes import (
+    Change,
+    Inputs,
+    Needs,
+    Op,
+    Outcome,
+    Remedy,
+    insert,
+    scope,
+)
 from postwarden.audit.model import Hit, Role, Severity, rule
 from postwarden.postfix.mastercf import Service
 
@@ -60,6 +78,14 @@ HARMLESS_EXCLUSIONS = frozenset({"anull", "enull", "null", "export", "exp", "low
                                  "3des", "rc4", "md5", "seed", "idea", "psk", "srp", "adh",
                                  "aecdh", "kecdh", "adss", "dss", "camellia"})
 EXPIRY_WARNING = timedelta(days=14)
+# The server certificate parameters; a service with none of them set has no certificate.
+CERTIFICATE_PARAMETERS = ("smtpd_tls_chain_files", "smtpd_tls_cert_file",
+                          "smtpd_tls_eccert_file", "smtpd_tls_dcert_file")
+# Legacy certificate/key pairs that smtpd_tls_chain_files replaces (postconf(5)).
+LEGACY_FILES = ("smtpd_tls_cert_file", "smtpd_tls_key_file", "smtpd_tls_eccert_file",
+                "smtpd_tls_eckey_file", "smtpd_tls_dcert_file", "smtpd_tls_dkey_file")
+MODERN_PROTOCOLS = (3, 6)  # Postfix 3.6: ">=TLSv1.2" bounds in protocol lists
+BUILTIN_DH_2048 = (3, 1)   # Postfix 3.1: the built-in DH group is 2048 bits
 PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 .]+)-----\r?\n(?:.*?)-----END \1-----", re.S)
 
 
@@ -180,6 +206,194 @@ def _cert_hits(ctx: Context) -> Iterator[tuple[Bundle, x509.Certificate, list[_I
         yield bundle, bundle.chain[0], users
 
 
+# -- remedies --------------------------------------------------------------------------------
+
+def hit_service(ctx: Context, hit: Hit) -> Service | None:
+    """The service a hit names, or None for a main.cf-wide one."""
+    return ctx.service(*hit.service.split("/", 1)) if hit.service else None
+
+
+def certificate_loads(ctx: Context, svc: Service) -> bool:
+    """Whether smtpd finds a certificate for svc and every file it names is usable."""
+    found = material(ctx, svc)
+    return bool(found.bundles) and not found.problems
+
+
+def certificate(ctx: Context, hit: Hit, inputs: Inputs) -> Iterator[Outcome]:
+    """The operator's certificate and key where the hit's service gets them from: as
+    ``smtpd_tls_chain_files = key, cert`` when that is in use, else the legacy pair."""
+    svc = hit_service(ctx, hit)
+    chain = bool(ctx.words("smtpd_tls_chain_files", svc))
+    cert, key = inputs.get("tls-cert"), inputs.get("tls-key")
+    if cert is None:
+        yield Needs("tls-cert", "smtpd_tls_chain_files" if chain else "smtpd_tls_cert_file")
+    if key is None:
+        yield Needs("tls-key", "smtpd_tls_chain_files" if chain else "smtpd_tls_key_file")
+    if cert is None or key is None:
+        return
+    if chain:
+        # postconf(5) smtpd_tls_chain_files: each key before its certificate chain.
+        yield Change(Op.SET, "smtpd_tls_chain_files", f"{key}, {cert}",
+                     scope(ctx, hit, "smtpd_tls_chain_files"))
+        return
+    where = scope(ctx, hit, "smtpd_tls_cert_file")
+    yield Change(Op.SET, "smtpd_tls_cert_file", cert, where)
+    yield Change(Op.SET, "smtpd_tls_key_file", key, where)
+    if hit.parameter in LEGACY_FILES[2:]:
+        # The broken ECDSA or DSA pair goes; the operator's pair replaces it.
+        index = LEGACY_FILES.index(hit.parameter) // 2 * 2
+        for name in LEGACY_FILES[index:index + 2]:
+            yield Change(Op.UNSET, name, "", scope(ctx, hit, name))
+
+
+def _with_certificate(ctx: Context, hit: Hit, inputs: Inputs, svc: Service,
+                      ) -> tuple[list[Outcome], bool]:
+    """The certificate changes TLS on svc first needs, and whether it can go on at all."""
+    if certificate_loads(ctx, svc):
+        return [], True
+    outcomes = list(certificate(ctx, hit, inputs))
+    return outcomes, not any(isinstance(o, Needs) for o in outcomes)
+
+
+def _switch_on(ctx: Context, hit: Hit, inputs: Inputs) -> Iterator[Outcome]:
+    """TLS on the hit's service: ``may`` on port 25 and other opportunistic services,
+    wrapper mode on 465 and ``encrypt`` on the other submission services (their -o)."""
+    svc = hit_service(ctx, hit)
+    if svc is None:
+        return  # run for a given --tls-cert: TLS-012 places the certificate
+    outcomes, ready = _with_certificate(ctx, hit, inputs, svc)
+    yield from outcomes
+    if not ready:
+        return
+    submission = any(s.key == svc.key for s in ctx.submission_services())
+    port = ctx.port(svc)
+    if not submission or port == 25:
+        name = "smtpd_tls_security_level"
+        yield Change(Op.SET, name, "may", scope(ctx, hit, name))
+    elif port == 465:
+        yield Change(Op.SET, "smtpd_tls_wrappermode", "yes", svc.key)
+    else:
+        yield Change(Op.SET, "smtpd_tls_security_level", "encrypt", svc.key)
+
+
+def _opportunistic_mx(ctx: Context, hit: Hit, inputs: Inputs) -> Iterator[Outcome]:
+    svc = hit_service(ctx, hit)
+    name = "smtpd_tls_security_level"
+    yield Change(Op.SET, name, "may", scope(ctx, hit, name))
+    for legacy in ("smtpd_enforce_tls", "smtpd_tls_wrappermode"):
+        if ctx.yes(legacy, svc):
+            yield Change(Op.UNSET, legacy, "", scope(ctx, hit, legacy))
+
+
+def _excluding(protocols: frozenset[str], fallback: Callable[[Context], str]) -> Remedy:
+    """Add ``!name`` for each of protocols (and SSL) the list the hit names enables,
+    keeping the operator's words (a ``<=`` bound, an inclusion list); fallback when
+    nothing is written."""
+
+    def remedy(ctx: Context, hit: Hit, inputs: Inputs) -> Iterator[Outcome]:
+        name = hit.parameter
+        if name is None:
+            return
+        svc = hit_service(ctx, hit)
+        enabled = enabled_protocols(ctx.value(name, svc))
+        if enabled is None or not enabled & protocols:
+            return
+        where = scope(ctx, hit, name)
+        written = (svc.overrides()[name] if where is not None and svc is not None
+                   else ctx.config.main.get(name)) or ""
+        if written.strip():
+            dropped = enabled & (protocols | BROKEN)
+            exclusions = ", ".join(f"!{p}" for p in PROTOCOLS if p in dropped)
+            yield Change(Op.SET, name, f"{written.strip()}, {exclusions}", where)
+        else:
+            yield Change(Op.SET, name, fallback(ctx), where)
+
+    return remedy
+
+
+def _at_least(ctx: Context, version: tuple[int, ...]) -> bool:
+    found = parse_version(ctx.value("mail_version"))
+    return found is not None and found >= version
+
+
+def _tls12(ctx: Context) -> str:
+    if _at_least(ctx, MODERN_PROTOCOLS):
+        return ">=TLSv1.2"
+    return "!SSLv2, !SSLv3, !TLSv1, !TLSv1.1"  # every Postfix version reads this form
+
+
+def _no_ssl(ctx: Context) -> str:
+    return "!SSLv2, !SSLv3"  # the default since Postfix 3.0; also read by 3.6+
+
+
+exclude_broken = _excluding(BROKEN, _no_ssl)
+
+
+def _medium(ctx: Context, hit: Hit, name: str) -> Change:
+    """The cipher grade back to medium: the default since 2015, so usually removed."""
+    if ctx.config.table.defaults.get(name, "").lower() == "medium":
+        return Change(Op.UNSET, name, "", scope(ctx, hit, name))
+    return Change(Op.SET, name, "medium", scope(ctx, hit, name))
+
+
+def _stock_ciphers(ctx: Context, hit: Hit, inputs: Inputs) -> Iterator[Outcome]:
+    name = hit.parameter
+    if name in ("smtpd_tls_ciphers", "smtpd_tls_mandatory_ciphers"):
+        yield _medium(ctx, hit, name)
+    elif name is not None:
+        # postconf(5) tls_medium_cipherlist: "Do not change" -- the stock list it is.
+        yield Change(Op.UNSET, name, "", scope(ctx, hit, name))
+
+
+def _lenient_mx(ctx: Context, hit: Hit, inputs: Inputs) -> Iterator[Outcome]:
+    svc = hit_service(ctx, hit)
+    name = hit.parameter
+    if name == "smtpd_tls_ciphers":
+        yield _medium(ctx, hit, name)
+        return
+    if name != "smtpd_tls_exclude_ciphers" or svc is None:
+        return
+    keep = [w for w in ctx.words(name, svc) if w.lstrip("!").lower() in HARMLESS_EXCLUSIONS]
+    where = scope(ctx, hit, name)
+    shared = [i for i in _with_tls(ctx) if i.service.key != svc.key
+              and not ctx.overridden(name, i.service)]
+    if where is None and shared:
+        # main.cf's list also serves the submission services: change only the MX.
+        yield Change(Op.SET, name, ", ".join(keep), svc.key)
+    elif keep or where is not None:
+        yield Change(Op.SET, name, ", ".join(keep), where)
+    else:
+        yield Change(Op.UNSET, name, "", None)
+
+
+def _builtin_dh(ctx: Context, hit: Hit, inputs: Inputs) -> Iterator[Outcome]:
+    name = hit.parameter
+    if name is None:
+        return
+    if name == "smtpd_tls_dh1024_param_file" and not _at_least(ctx, BUILTIN_DH_2048):
+        return  # before Postfix 3.1 the built-in group is 1024 bits: a file is needed
+    yield Change(Op.UNSET, name, "", scope(ctx, hit, name))
+
+
+def _log_level_1(ctx: Context, hit: Hit, inputs: Inputs) -> Iterator[Outcome]:
+    if hit.parameter is not None:
+        yield Change(Op.SET, hit.parameter, "1")
+
+
+def _chain_files_only(ctx: Context, hit: Hit, inputs: Inputs) -> Iterator[Outcome]:
+    """Remove the legacy files smtpd ignores, unless another service still loads them."""
+    svc = hit_service(ctx, hit)
+    for name in LEGACY_FILES:
+        if not ctx.explicit(name, svc):
+            continue
+        where = scope(ctx, hit, name)
+        users = [i.service for i in _with_tls(ctx)
+                 if (i.service.key == where if where is not None
+                     else not ctx.overridden(name, i.service))]
+        if all(ctx.words("smtpd_tls_chain_files", u) for u in users):
+            yield Change(Op.UNSET, name, "", where)
+
+
 # -- rules: protocol level -------------------------------------------------------------------
 
 @rule(id="TLS-001", title="Public SMTP service offers no TLS",
@@ -191,7 +405,9 @@ def _cert_hits(ctx: Context) -> Iterator[tuple[Bundle, x509.Certificate, list[_I
                 "in clear text.",
       fix="Set smtpd_tls_security_level = may on port 25 and = encrypt (or wrapper mode on "
           "465) on the submission services, with a certificate and key.",
-      references=(f"{P5} smtpd_tls_security_level", TLS, "RFC 3207", "RFC 8314 3.3"))
+      references=(f"{P5} smtpd_tls_security_level", TLS, "RFC 3207", "RFC 8314 3.3"),
+      remedy=_switch_on, takes=("tls-cert", "tls-key"))
+
 def no_starttls(ctx: Context) -> Iterator[Hit]:
     for inbound in _inbound(ctx):
         svc = inbound.service
@@ -210,7 +426,9 @@ def no_starttls(ctx: Context) -> Iterator[Hit]:
                 "and their mail bounces or waits in their queue.",
       fix="Use smtpd_tls_security_level = may on the port-25 service; enforce TLS on the "
           "submission services only.",
-      references=(f"{P5} smtpd_tls_security_level", "RFC 3207 4", TLS))
+      references=(f"{P5} smtpd_tls_security_level", "RFC 3207 4", TLS),
+      remedy=_opportunistic_mx)
+
 def mandatory_on_mx(ctx: Context) -> Iterator[Hit]:
     for inbound in _inbound(ctx):
         svc = inbound.service
@@ -227,7 +445,9 @@ def mandatory_on_mx(ctx: Context) -> Iterator[Hit]:
                 "encrypted, implicit TLS on 465 and mandatory STARTTLS on 587.",
       fix="Add -o smtpd_tls_security_level=encrypt to the 587 service and "
           "-o smtpd_tls_wrappermode=yes to the 465 service in master.cf.",
-      references=("RFC 8314 3.3", "RFC 8314 7.3", TLS, f"{P5} smtpd_tls_wrappermode"))
+      references=("RFC 8314 3.3", "RFC 8314 7.3", TLS, f"{P5} smtpd_tls_wrappermode"),
+      remedy=_switch_on, takes=("tls-cert", "tls-key"))
+
 def submission_not_enforced(ctx: Context) -> Iterator[Hit]:
     for inbound in _inbound(ctx):
         svc = inbound.service
@@ -251,9 +471,11 @@ def submission_not_enforced(ctx: Context) -> Iterator[Hit]:
       parameters=("smtpd_tls_protocols", "smtpd_tls_mandatory_protocols"),
       rationale="SSL 2 and SSL 3 are broken (DROWN, POODLE; RFC 6176, RFC 7568); a "
                 "protocol list that leaves them on lets a downgrade expose the session.",
-      fix="Use >=TLSv1 at least (the Postfix 3.6+ default), >=TLSv1.2 where clients allow "
-          "it; before Postfix 3.6 write !SSLv2, !SSLv3.",
-      references=(f"{P5} smtpd_tls_protocols", "RFC 6176", "RFC 7568", TLS))
+      fix="Exclude SSLv2 and SSLv3: add !SSLv2, !SSLv3 to the list, or use the default "
+          "(>=TLSv1 since Postfix 3.6); >=TLSv1.2 where clients allow it.",
+      references=(f"{P5} smtpd_tls_protocols", "RFC 6176", "RFC 7568", TLS),
+      remedy=exclude_broken)
+
 def ssl_protocols(ctx: Context) -> Iterator[Hit]:
     for inbound in _with_tls(ctx):
         svc = inbound.service
@@ -270,9 +492,11 @@ def ssl_protocols(ctx: Context) -> Iterator[Hit]:
       rationale="RFC 8996 deprecates TLS 1.0 and 1.1; a service that requires TLS talks to "
                 "mail clients, all of which speak TLS 1.2, so the old versions add only risk.",
       fix="smtpd_tls_mandatory_protocols = >=TLSv1.2 (before Postfix 3.6: "
-          "!SSLv2, !SSLv3, !TLSv1, !TLSv1.1).",
+          "!SSLv2, !SSLv3, !TLSv1, !TLSv1.1), or add !TLSv1, !TLSv1.1 to a list you wrote.",
       references=("RFC 8996 2", "RFC 8996 3", "RFC 8314 4.1",
-                  f"{P5} smtpd_tls_mandatory_protocols"))
+                  f"{P5} smtpd_tls_mandatory_protocols"),
+      remedy=_excluding(DEPRECATED, _tls12))
+
 def old_tls_enforced(ctx: Context) -> Iterator[Hit]:
     for inbound in _inbound(ctx):
         svc = inbound.service
@@ -332,10 +556,12 @@ def _weak_words(cipherlist: str) -> list[str]:
       rationale="The export, low and null grades, and custom cipher lists that switch on "
                 "EXPORT, LOW, NULL, RC4, 3DES or MD5 suites, give no real confidentiality or "
                 "integrity (RFC 7465 forbids RC4).",
-      fix="Use the medium grade (the default) with the stock tls_medium_cipherlist; high "
-          "on submission services.",
+      fix="Use the medium grade (the default) and remove custom tls_*_cipherlist "
+          "settings: the stock lists exclude broken ciphers.",
       references=(f"{P5} smtpd_tls_mandatory_ciphers", f"{P5} tls_medium_cipherlist",
-                  "RFC 7465", "RFC 9325 4.1"))
+                  "RFC 7465", "RFC 9325 4.1"),
+      remedy=_stock_ciphers)
+
 def weak_ciphers(ctx: Context) -> Iterator[Hit]:
     for inbound in _with_tls(ctx):
         svc = inbound.service
@@ -360,7 +586,9 @@ def weak_ciphers(ctx: Context) -> Iterator[Hit]:
                 "ciphers that are not broken, on an opportunistic server only makes senders "
                 "that cannot agree fall back to plain text.",
       fix="Leave smtpd_tls_ciphers at medium on port 25 and exclude only broken ciphers.",
-      references=(f"{P5} smtpd_tls_ciphers", f"{P5} smtpd_tls_exclude_ciphers", TLS))
+      references=(f"{P5} smtpd_tls_ciphers", f"{P5} smtpd_tls_exclude_ciphers", TLS),
+      remedy=_lenient_mx)
+
 def strict_mx_ciphers(ctx: Context) -> Iterator[Hit]:
     for inbound in _with_tls(ctx):
         svc = inbound.service
@@ -399,7 +627,9 @@ def cipher_order(ctx: Context) -> Iterator[Hit]:
                 "expensive handshakes (a CPU denial of service) and has no use in SMTP.",
       fix="tls_ssl_options = NO_RENEGOTIATION (add NO_COMPRESSION when Postfix is built "
           "with OpenSSL older than 1.1.0, which still compressed).",
-      references=(f"{P5} tls_ssl_options", "RFC 5746", "RFC 7457 2.6"))
+      references=(f"{P5} tls_ssl_options", "RFC 5746", "RFC 7457 2.6"),
+      remedy=insert("tls_ssl_options", "NO_RENEGOTIATION"))
+
 def renegotiation(ctx: Context) -> Iterator[Hit]:
     for inbound in _with_tls(ctx):
         svc = inbound.service
@@ -419,7 +649,9 @@ def renegotiation(ctx: Context) -> Iterator[Hit]:
       fix="Remove smtpd_tls_dh1024_param_file and smtpd_tls_dh512_param_file, or point the "
           "former at parameters of at least 2048 bits.",
       references=(f"{P5} smtpd_tls_dh1024_param_file", f"{P5} smtpd_tls_dh512_param_file",
-                  "RFC 7919", "RFC 9325 4.2.1"))
+                  "RFC 7919", "RFC 9325 4.2.1"),
+      remedy=_builtin_dh)
+
 def weak_dh(ctx: Context) -> Iterator[Hit]:
     seen: set[tuple[str, str]] = set()
     for inbound in _with_tls(ctx):
@@ -455,7 +687,9 @@ def weak_dh(ctx: Context) -> Iterator[Hit]:
                 "in plain text and submission clients cannot connect securely.",
       fix="Point the parameters at existing, root-readable PEM files whose private key "
           "matches the certificate (smtpd_tls_chain_files: key first, then the chain).",
-      references=(f"{P5} smtpd_tls_chain_files", f"{P5} smtpd_tls_cert_file", TLS))
+      references=(f"{P5} smtpd_tls_chain_files", f"{P5} smtpd_tls_cert_file", TLS),
+      remedy=certificate, takes=("tls-cert", "tls-key"))
+
 def cert_missing(ctx: Context) -> Iterator[Hit]:
     for problem, users in _collect(ctx).problems.items():
         where = problem.path or ctx.value(problem.parameter, users[0].service) or "(unset)"
@@ -617,7 +851,9 @@ def incomplete_chain(ctx: Context) -> Iterator[Hit]:
       rationale="At log level 0 Postfix records nothing about TLS, so there is no evidence "
                 "of which protocol and cipher a session used, or whether TLS was used at all.",
       fix="smtpd_tls_loglevel = 1 and smtp_tls_loglevel = 1.",
-      references=(f"{P5} smtpd_tls_loglevel", f"{P5} smtp_tls_loglevel", TLS))
+      references=(f"{P5} smtpd_tls_loglevel", f"{P5} smtp_tls_loglevel", TLS),
+      remedy=_log_level_1)
+
 def tls_logging(ctx: Context) -> Iterator[Hit]:
     outbound = (ctx.value("smtp_tls_security_level").lower() not in ("", "none")
                 or ctx.yes("smtp_use_tls") or ctx.yes("smtp_enforce_tls"))
@@ -649,7 +885,9 @@ def received_header(ctx: Context) -> Iterator[Hit]:
                 "settings with only a warning; the file someone renews may not be the one in "
                 "use.",
       fix="Keep one mechanism: smtpd_tls_chain_files, and remove the legacy parameters.",
-      references=(f"{P5} smtpd_tls_chain_files", "Postfix src/smtpd/smtpd.c"))
+      references=(f"{P5} smtpd_tls_chain_files", "Postfix src/smtpd/smtpd.c"),
+      remedy=_chain_files_only)
+
 def conflicting_files(ctx: Context) -> Iterator[Hit]:
     for inbound in _with_tls(ctx):
         svc = inbound.service

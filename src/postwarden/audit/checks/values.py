@@ -29,6 +29,7 @@ import re
 from collections.abc import Iterator
 
 from postwarden.audit.context import Context, parse_version, service_key
+from postwarden.audit.fixes import Change, Inputs, Op, Outcome
 from postwarden.audit.model import Hit, Severity, rule
 from postwarden.postfix import lexer
 from postwarden.postfix.mastercf import Service
@@ -397,6 +398,12 @@ def newer_than_installed(ctx: Context) -> Iterator[Hit]:
 DEADLOCK_SEEN = 5  # conflicting duplicates that hung `postfix reload` on 3.7.11
 
 
+def _dedup_all(ctx: Context, hit: Hit, inputs: Inputs) -> Iterator[Outcome]:
+    """Keep only the effective definition of each name main.cf defines more than once."""
+    for name in sorted({o.name for o in ctx.config.main.overrides()}):
+        yield Change(Op.DEDUP, name)
+
+
 @rule(id="CFG-111", title="Start-up warnings while logging through maillog_file",
       severity=Severity.MEDIUM, parameters=("maillog_file",),
       rationale="With maillog_file, postlogd logs its own start-up warnings to its datagram "
@@ -405,7 +412,7 @@ DEADLOCK_SEEN = 5  # conflicting duplicates that hung `postfix reload` on 3.7.11
                 "with it every Postfix process.",
       fix="Remove the duplicate definitions so that main.cf loads without warnings.",
       references=(f"{P5} maillog_file", "MAILLOG_README", "Postfix postlogd/postlogd.c",
-                  "Postfix util/msg_logger.c"))
+                  "Postfix util/msg_logger.c"), remedy=_dedup_all)
 def maillog_warnings(ctx: Context) -> Iterator[Hit]:
     if not ctx.value("maillog_file"):
         return

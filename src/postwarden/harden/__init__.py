@@ -1,0 +1,1 @@
+"""postwarden harden: turn the audit's fixes into one reviewed, reversible change."""
