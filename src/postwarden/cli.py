@@ -131,6 +131,7 @@ def _harden(args: argparse.Namespace) -> int:
     """``harden``: plan the role's profile as a diff; apply, verify, roll back."""
     from pathlib import Path
 
+    from postwarden.audit.model import Role
     from postwarden.audit.roles import parse_roles
     from postwarden.harden import apply as tx
     from postwarden.harden import run, settings
@@ -147,6 +148,9 @@ def _harden(args: argparse.Namespace) -> int:
     if roles is None:
         raise UsageError("harden needs --role (mx, submission, relay, null-client or a "
                          "comma-separated list): the profile depends on it")
+    if Role.NULL_CLIENT in roles and roles & {Role.MX, Role.SUBMISSION}:
+        raise UsageError("--role: null-client (no public listener) contradicts mx and "
+                         "submission; choose one")
     inputs = settings.build({"hostname": args.hostname, "domain": args.domain,
                              "tls-cert": args.tls_cert, "tls-key": args.tls_key,
                              "sasl": args.sasl, "with": args.extras},

@@ -39,6 +39,8 @@ DKIM_WORDS = (*SIGNER_WORDS, "amavis", MILTER)
 REPLACED_POLICY = ("postgrey", ":10023", "policyd-spf", "spf")
 REPLACED_MILTERS = ("opendkim", "opendmarc", ":8891", ":8892", ":8893", ":12301")
 RELAY_GUARDS = ("reject_unauth_destination", "defer_unauth_destination")
+# MILTER_README: what a milter list entry starts with ($name: a parameter reference).
+ENDPOINTS = ("unix:", "inet:", "inet6:", "local:", "$", "{")
 POLICY_SETTINGS = (("smtpd_policy_service_timeout", "10s"),
                    ("smtpd_policy_service_default_action", "451 4.3.5 Server configuration "
                     "problem"))
@@ -69,8 +71,8 @@ def wire_milter(ctx: Context, hit: Hit, inputs: Inputs) -> Iterator[Outcome]:
         return
     for name in ("smtpd_milters", "non_smtpd_milters"):
         for endpoint, _ in parse_milters(ctx.value(name)):
-            if _any([endpoint], REPLACED_MILTERS):
-                yield Change(Op.REMOVE, name, endpoint)
+            if _any([endpoint], REPLACED_MILTERS) or not endpoint.startswith(ENDPOINTS):
+                yield Change(Op.REMOVE, name, endpoint)  # replaced, or not a milter at all
         yield Change(Op.INSERT, name, MILTER)
     for name, value in MILTER_SETTINGS:
         yield Change(Op.SET, name, value)

@@ -97,6 +97,12 @@ def null_client_listens(ctx: Context) -> Iterator[Hit]:
               parameter="inet_interfaces")
 
 
+def _listen(ctx: Context) -> Iterator[Outcome]:
+    """inet_interfaces = all, when the operator declared an inbound role (harden --role)."""
+    if ctx.roles & {Role.MX, Role.SUBMISSION}:
+        yield Change(Op.SET, "inet_interfaces", "all")
+
+
 @rule(id="NET-002", title="Inbound role but Postfix listens on loopback only",
       severity=Severity.HIGH, roles=(Role.MX, Role.SUBMISSION, Role.NULL_CLIENT),
       parameters=("inet_interfaces",),
@@ -105,7 +111,7 @@ def null_client_listens(ctx: Context) -> Iterator[Hit]:
                 "and the configuration contradicts the role it is audited for.",
       fix="Decide the role: for an MX or submission server set inet_interfaces = all (or "
           "the public addresses); for a send-only host audit it as a null client.",
-      references=(f"{P5} inet_interfaces",))
+      references=(f"{P5} inet_interfaces",), remedy=lambda ctx, hit, inputs: _listen(ctx))
 def inbound_loopback(ctx: Context) -> Iterator[Hit]:
     if not _loopback_only(ctx):
         return
