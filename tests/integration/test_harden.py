@@ -36,6 +36,7 @@ from cryptography.x509.oid import NameOID
 from postwarden.audit.engine import audit
 from postwarden.audit.roles import parse_roles
 from postwarden.harden import run
+from postwarden.harden.apply import ApplyError
 from postwarden.harden.plan import Plan
 from postwarden.lab.dovecot import DovecotAuth
 from postwarden.postfix import debian
@@ -77,7 +78,7 @@ def certificate(directory: Path) -> tuple[Path, Path]:
     """A self-signed certificate for HOSTNAME and its key (0600)."""
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, HOSTNAME)])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
             .public_key(key.public_key()).serial_number(x509.random_serial_number())
             .not_valid_before(now - datetime.timedelta(days=1))
@@ -253,7 +254,7 @@ def test_a_change_postfix_check_refuses_is_undone(new_root: NewRoot) -> None:
     broken = dict(before)
     broken["main.cf"] += "queue_directory = /nonexistent/postwarden-test\n"
     plan = Plan(str(etc), parse_roles("relay") or frozenset(), before, broken, [], [], [])
-    with pytest.raises(run.tx.ApplyError, match="postfix -c .* check failed"):
+    with pytest.raises(run.tx.ApplyError, match=r"postfix -c .* check failed"):
         run.apply(plan, etc)
     assert {name: (etc / name).read_text() for name in before} == before
 
