@@ -254,7 +254,7 @@ def test_a_change_postfix_check_refuses_is_undone(new_root: NewRoot) -> None:
     broken = dict(before)
     broken["main.cf"] += "queue_directory = /nonexistent/postwarden-test\n"
     plan = Plan(str(etc), parse_roles("relay") or frozenset(), before, broken, [], [], [])
-    with pytest.raises(run.tx.ApplyError, match=r"postfix -c .* check failed"):
+    with pytest.raises(ApplyError, match=r"postfix -c .* check failed"):
         run.apply(plan, etc)
     assert {name: (etc / name).read_text() for name in before} == before
 
