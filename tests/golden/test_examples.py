@@ -48,6 +48,11 @@ PINNED = {
         "RATE-001", "RATE-002", "RATE-004", "RESTR-005", "RESTR-006", "RESTR-007",
         "RESTR-008", "RESTR-009", "RESTR-013", "TLS-006", "TLS-009", "TLS-010", "TLS-012",
         "TLS-019"},
+    ("debian-internet-site", "auto"): {
+        "CFG-008", "LEAK-001", "MAUTH-001", "MAUTH-003", "OUT-003", "OUT-005", "PSC-001",
+        "RATE-001", "RATE-002", "RATE-004", "RESTR-005", "RESTR-006", "RESTR-007",
+        "RESTR-008", "RESTR-009", "RESTR-013", "TLS-006", "TLS-009", "TLS-010", "TLS-012",
+        "TLS-019"},
     ("weak", "auto"): {
         "CFG-008", "CFG-105", "LEAK-001", "LEAK-002", "LEAK-004", "MAUTH-001", "MAUTH-003",
         "MILT-001", "MILT-002", "MILT-003", "MILT-005", "MILT-006", "NET-003", "OUT-001",

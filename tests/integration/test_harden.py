@@ -1,6 +1,7 @@
 """harden on Debian 12's default configuration, proved on a real Postfix for each role.
 
-For each role: build Debian's default as an "Internet Site" install leaves it, harden it
+For each role: build Debian's default as an "Internet Site" install leaves it
+(``examples/debian-internet-site``), harden it
 with ``postwarden harden --apply`` (which runs ``postfix check`` on the result), plan again
 (nothing), audit (no high or critical finding but those harden names as the operator's),
 then run the hardened files in a private instance and talk SMTP to it: the mail the role
@@ -18,7 +19,6 @@ Postfix XCLIENT_README, SASL_README; Debian 12 postfix postinst ("Internet Site"
 from __future__ import annotations
 
 import base64
-import datetime
 import json
 import smtplib
 import ssl
@@ -28,16 +28,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from postwarden.audit.engine import audit
 from postwarden.audit.roles import parse_roles
 from postwarden.harden import run
 from postwarden.harden.apply import ApplyError
 from postwarden.harden.plan import Plan
+from postwarden.lab.certs import self_signed
 from postwarden.lab.dovecot import DovecotAuth
 from postwarden.postfix import debian
 from postwarden.postfix.config import PostfixConfig
@@ -45,20 +42,8 @@ from postwarden.postfix.instance import PostfixInstance
 
 NewRoot = Callable[[], Path]
 
-DEBIAN_DEFAULT = Path(__file__).parents[2] / "examples" / "debian-default"
+INTERNET_SITE = Path(__file__).parents[2] / "examples" / "debian-internet-site"
 HOSTNAME, DOMAIN = "mx.example.org", "example.org"
-# What Debian's postinst adds for "Internet Site" (mailname: the test host name).
-INTERNET_SITE = f"""
-alias_maps = hash:/etc/aliases
-alias_database = hash:/etc/aliases
-mydestination = $myhostname, {HOSTNAME}, localhost.localdomain, localhost
-relayhost =
-mynetworks = 127.0.0.0/8 [::ffff:127.0.0.0]/104 [::1]/128
-mailbox_size_limit = 0
-recipient_delimiter = +
-inet_interfaces = all
-inet_protocols = all
-"""
 CLIENT = "127.0.0.3"        # the test client, the one host allowed XCLIENT
 OUTSIDE = "192.0.2.10"      # who it claims to be
 USER, PASSWORD = "alice", "correct horse"
@@ -75,23 +60,7 @@ OPERATOR_ONLY = {
 
 
 def certificate(directory: Path) -> tuple[Path, Path]:
-    """A self-signed certificate for HOSTNAME and its key (0600)."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, HOSTNAME)])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(days=1))
-            .not_valid_after(now + datetime.timedelta(days=365))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName(HOSTNAME)]), False)
-            .sign(key, hashes.SHA256()))
-    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.touch(mode=0o600)
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                           serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    return cert_path, key_path
+    return self_signed(directory, HOSTNAME)
 
 
 def postwarden(*args: str) -> subprocess.CompletedProcess[str]:
@@ -103,9 +72,7 @@ def harden_debian(root: Path, role: str) -> tuple[Path, str]:
     """Debian's default in root/etc, hardened for role with every input given."""
     etc = root / "etc"
     etc.mkdir()
-    debian.build(DEBIAN_DEFAULT, etc)
-    with open(etc / "main.cf", "a") as handle:
-        handle.write(INTERNET_SITE)
+    debian.build(INTERNET_SITE, etc)
     cert, key = certificate(root)
     result = postwarden("harden", "-c", str(etc), "--role", role, "--hostname", HOSTNAME,
                         "--domain", DOMAIN, "--tls-cert", str(cert), "--tls-key", str(key),

@@ -69,6 +69,15 @@ class Restriction:
     def __str__(self) -> str:
         return f"{self.name} {self.argument}" if self.argument is not None else self.name
 
+    def text(self) -> str:
+        """The item as a list value writes it: an argument with blanks or commas in {}."""
+        argument = self.argument
+        if argument is None:
+            return self.name
+        if any(ch in argument for ch in " ,\t") and not argument.startswith("{"):
+            argument = "{ " + argument + " }"
+        return f"{self.name} {argument}"
+
 
 def parse(value: str) -> list[Restriction]:
     """Restrictions of a list value, in order; unknown names are kept (the audit flags them)."""

@@ -86,7 +86,8 @@ def _edit_list(change: Change, config: PostfixConfig, service: Service | None) -
         if len(kept) != len(current):
             _write_list(config, service, name, kept, current, removed=item)
         return
-    if _position_of(current, item) is not None:
+    item = [r for r in item if _position_of(current, [r]) is None]  # those not there yet
+    if not item:
         return
     index = _insertion_point(current, change.after, change.before)
     _write_list(config, service, name, [*current[:index], *item, *current[index:]], current,
@@ -120,16 +121,7 @@ def _insertion_point(items: list[Restriction], after: tuple[str, ...],
 
 
 def _text(items: list[Restriction]) -> str:
-    return ", ".join(_item_text(r) for r in items)
-
-
-def _item_text(r: Restriction) -> str:
-    if r.argument is None:
-        return r.name
-    argument = r.argument
-    if any(ch in argument for ch in " ,\t") and not argument.startswith("{"):
-        argument = "{ " + argument + " }"
-    return f"{r.name} {argument}"
+    return ", ".join(r.text() for r in items)
 
 
 def _write_list(config: PostfixConfig, service: Service | None, name: str,
@@ -147,7 +139,7 @@ def _write_list(config: PostfixConfig, service: Service | None, name: str,
     if removed is not None:
         for r in old:
             if _same(r, removed):
-                main.remove_from_list(name, _item_text(r))
+                main.remove_from_list(name, r.text())
         return
     assert added is not None
     item, index = added

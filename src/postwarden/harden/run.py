@@ -114,8 +114,8 @@ def to_text(plan: Plan, recovered: str | None = None) -> str:
         out.append(f"note: {recovered}")
     if plan.pending:
         out += ["", plan.diff().rstrip("\n"), "", "changes:"]
-        width = max(len(s.change.describe()) for s in plan.steps)
-        out += [f"  {s.change.describe():<{width}}  {', '.join(s.rules)}" for s in plan.steps]
+        width = max(len(", ".join(s.rules)) for s in plan.steps)
+        out += [f"  {', '.join(s.rules):<{width}}  {s.change.describe()}" for s in plan.steps]
     for m in plan.missing:
         out.append(f"needs --{m.setting}: {m.parameter} ({', '.join(m.rules)}) left out")
     for key in plan.unused_inputs:

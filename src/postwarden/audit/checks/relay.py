@@ -295,15 +295,6 @@ def _units(items: list[Restriction]) -> list[list[Restriction]]:
     return units
 
 
-def _item_text(item: Restriction) -> str:
-    argument = item.argument
-    if argument is None:
-        return item.name
-    if any(ch in argument for ch in " ,\t") and not argument.startswith("{"):
-        argument = "{ " + argument + " }"
-    return f"{item.name} {argument}"
-
-
 def _list_text(items: list[str], on_service: bool) -> str:
     """A list value: ", " in main.cf; "," in an -o, as master.cf writes them."""
     if on_service and not any("{" in item for item in items):
@@ -339,7 +330,7 @@ def guard_first(ctx: Context, name: str, svc: Service | None, *,
     result = [*ahead, guard, *behind, *tail]
     if [str(r) for r in result] == [str(r) for r in items]:
         return None
-    return _list_text([_item_text(r) for r in result], on_service)
+    return _list_text([r.text() for r in result], on_service)
 
 
 def _close_relay(ctx: Context, hit: Hit, inputs: Inputs) -> Iterator[Outcome]:

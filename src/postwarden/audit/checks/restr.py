@@ -428,15 +428,12 @@ def _hygiene(ctx: Context, hit: Hit, inputs: Inputs) -> Iterator[Outcome]:
     name = "smtpd_recipient_restrictions"
     service = ctx.service(*hit.service.split("/", 1)) if hit.service else None
     items = ctx.restrictions(name, service)
-    before = tuple(r.name for r in items if r.name not in HYGIENE_AFTER)
-    after: tuple[str, ...] = ()
+    where = scope_of(ctx, hit, name)
     if not items:  # the site's own clients keep sending as before
-        for item in HYGIENE_AFTER[:2]:
-            yield Change(Op.INSERT, name, item, scope_of(ctx, hit, name), HYGIENE_AFTER[:2])
-    for item in HYGIENE:
-        yield Change(Op.INSERT, name, item, scope_of(ctx, hit, name), after or HYGIENE_AFTER,
-                     before)
-        after = (item,)
+        yield Change(Op.INSERT, name, ", ".join((*HYGIENE_AFTER[:2], *HYGIENE)), where)
+        return
+    before = tuple(r.name for r in items if r.name not in HYGIENE_AFTER)
+    yield Change(Op.INSERT, name, ", ".join(HYGIENE), where, HYGIENE_AFTER, before)
 
 
 @rule(id="RESTR-013", title="No envelope address checks on the MX",
