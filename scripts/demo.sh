@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # postwarden's main job on the bundled example configurations, from a fresh Debian machine:
 # set up (Debian packages and .venv), build the examples that start from Debian's own files,
-# then audit each one.
+# then audit each one and show the plan harden makes for the seed guide.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -17,3 +17,8 @@ for example in examples/*/; do
   "$pw" audit -c "$example" || [ $? -eq 1 ]
   echo
 done
+
+# What harden would change in the guide's configuration (a plan: nothing is written).
+echo "== postwarden harden -c examples/guide --role mx,submission ... (plan only)"
+"$pw" harden -c examples/guide --role mx,submission --hostname mail.example.org \
+  --domain example.org --sasl dovecot --with policy --with milter

@@ -21,6 +21,7 @@ from __future__ import annotations
 import base64
 import json
 import smtplib
+import socket
 import ssl
 import subprocess
 import sys
@@ -237,3 +238,25 @@ def test_rollback_restores_debian_default(new_root: NewRoot) -> None:
     assert (etc / "main.cf").read_text() == original
     info = json.loads((backups[-1] / "INFO").read_text())
     assert info["reason"] == "harden"
+
+
+@pytest.mark.postfix
+def test_apply_reloads_a_running_postfix(new_root: NewRoot, tmp_path: Path) -> None:
+    debian.build(INTERNET_SITE, tmp_path)
+    pf = PostfixInstance.adopt(new_root(), (tmp_path / "main.cf").read_text(),
+                               (tmp_path / "master.cf").read_text())
+    with pf:
+        assert greeting(pf).startswith(f"220 {HOSTNAME} ".encode())
+        since = len(pf.log_text())
+        result = postwarden("harden", "-c", str(pf.config_dir), "--role", "relay",
+                            "--hostname", "mx2.example.org", "--apply", "--reload")
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "Postfix reloaded" in result.stdout
+        pf.wait_for_log(r"postfix/master\[\d+\]: reload -- ", pos=since)
+        assert greeting(pf).startswith(b"220 mx2.example.org ")
+
+
+def greeting(pf: PostfixInstance) -> bytes:
+    with socket.create_connection((pf.address, pf.port), timeout=10) as conn, \
+            conn.makefile("rb") as reader:
+        return reader.readline(512)

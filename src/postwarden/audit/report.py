@@ -54,6 +54,7 @@ def _rule_json(rule: Rule) -> dict[str, object]:
         "severity_by_role": {r.value: s.value for r, s in rule.by_role.items()},
         "roles": sorted(r.value for r in rule.roles), "parameters": list(rule.parameters),
         "rationale": rule.rationale, "fix": rule.fix, "references": list(rule.references),
+        "harden": rule.remedy is not None, "harden_inputs": list(rule.takes),
     }
 
 
@@ -62,8 +63,9 @@ def list_rules(fmt: str) -> str:
     if fmt == "json":
         return json.dumps([_rule_json(r) for r in rules], indent=2, ensure_ascii=False)
     lines = [f"{r.id:10} {r.severity.value:8} {','.join(sorted(x.value for x in r.roles)):38} "
-             f"{r.title}" for r in rules]
-    return "\n".join([*lines, f"{len(rules)} rules"])
+             f"{'H' if r.remedy else ' '} {r.title}" for r in rules]
+    fixed = sum(1 for r in rules if r.remedy)
+    return "\n".join([*lines, f"{len(rules)} rules; {fixed} marked H are fixed by harden"])
 
 
 def to_sarif(report: Report) -> str:
