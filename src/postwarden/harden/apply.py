@@ -27,18 +27,24 @@ file is still there, else back from the backup. No file is ever partly written, 
 every write is a rename of a complete, fsynced file; the only moment two files can
 disagree is between the renames of step 4, and the journal covers it.
 
+One change at a time: ``lock`` holds an exclusive flock(2) on ``DIR/.postwarden/lock``
+around recovery, commit, verification and rollback, so a second harden run refuses to
+start instead of interleaving its renames with the first's.
+
 After a commit, ``verify`` runs ``postfix -c DIR check`` and postwarden's configuration
 check when Postfix is installed; if either fails, the backup is committed back the same way.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import shutil
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,6 +94,21 @@ def _read(path: Path) -> bytes | None:
         return path.read_bytes()
     except FileNotFoundError:
         return None
+
+
+@contextlib.contextmanager
+def lock(config_dir: Path) -> Iterator[None]:
+    """Hold the configuration's harden lock, or fail at once if another run has it."""
+    fd = os.open(state_dir(config_dir) / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ApplyError(f"{config_dir}: another postwarden harden is changing this "
+                             "configuration; try again when it has finished") from None
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
 
 
 # -- backups ---------------------------------------------------------------------------------
@@ -232,6 +253,11 @@ def mark_restored(backup: Path) -> None:
 
 def rollback(config_dir: Path, verify: Callable[[], str | None] | None = None) -> Backup:
     """Restore the latest harden backup not yet restored; the current files are backed up."""
+    with lock(config_dir):
+        return _rollback(config_dir, verify)
+
+
+def _rollback(config_dir: Path, verify: Callable[[], str | None] | None) -> Backup:
     recover(config_dir)
     for path in reversed(backups(config_dir)):
         backup, files = read_backup(path)

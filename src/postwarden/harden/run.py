@@ -38,12 +38,19 @@ RESTART_NEEDED = ("inet_interfaces", "inet_protocols")
 
 def plan(config_dir: Path, roles: frozenset[Role], inputs: Inputs) -> tuple[Plan, str | None]:
     """The plan for config_dir, after finishing any interrupted earlier change."""
-    recovered = tx.recover(config_dir) if (config_dir / tx.STATE).is_dir() else None
+    recovered = None
+    if (config_dir / tx.STATE).is_dir():
+        with tx.lock(config_dir):
+            recovered = tx.recover(config_dir)
     return make_plan(PostfixConfig.load(config_dir), roles, inputs), recovered
 
 
 def writable(config_dir: Path) -> None:
     for path in (config_dir, config_dir / "main.cf", config_dir / "master.cf"):
+        if path.is_symlink():
+            raise tx.ApplyError(f"{path} is a symbolic link to {os.readlink(path)}; harden "
+                                "replaces files in place and would replace the link: run "
+                                "it where the file is, or replace the link by the file")
         if path.exists() and not os.access(path, os.W_OK):
             raise tx.ApplyError(f"{path}: not writable by this user; nothing was changed")
 
@@ -74,17 +81,21 @@ def verify(config_dir: Path, before: set[tuple[str, str]]) -> str | None:
 def apply(plan: Plan, config_dir: Path) -> Path:
     """Commit the plan, verify it, and undo it when the check fails; returns the backup."""
     writable(config_dir)
-    before = _problems(config_dir)
-    files = {name: lexer.encode(text) for name, text in plan.new.items()
-             if plan.old.get(name) != text}
-    backup = tx.commit(config_dir, files)
-    problem = verify(config_dir, before)
-    if problem:
-        _, saved = tx.read_backup(backup)
-        tx.commit(config_dir, saved, reason="rollback")
-        tx.mark_restored(backup)
-        raise tx.ApplyError(f"{problem}; the previous configuration was restored from "
-                            f"{backup}")
+    with tx.lock(config_dir):
+        before = _problems(config_dir)
+        files = {name: lexer.encode(text) for name, text in plan.new.items()
+                 if plan.old.get(name) != text}
+        backup = tx.commit(config_dir, files)
+        problem = verify(config_dir, before)
+        if problem:
+            _, saved = tx.read_backup(backup)
+            tx.commit(config_dir, saved, reason="rollback")
+            tx.mark_restored(backup)
+            again = verify(config_dir, before)
+            why = ("; the previous configuration fails that check too, so the cause is "
+                   "outside this change" if again else "")
+            raise tx.ApplyError(f"{problem}; the previous configuration was restored from "
+                                f"{backup}{why}")
     return backup
 
 

@@ -146,3 +146,22 @@ def test_killed_at_every_step_leaves_old_or_new_files(tmp_path: Path) -> None:
         states.add("new" if final == new else "old")
         assert not list(root.glob(".*.postwarden-new"))
     assert states == {"old", "new"}, "the kills should land both before and after the commit"
+
+
+def test_a_second_run_waits_its_turn(tmp_path: Path) -> None:
+    root = setup(tmp_path / "etc")
+    with tx.lock(root):
+        result = run_harden(root, 0, "--apply")
+        assert result.returncode == 2
+        assert "another postwarden harden is changing" in result.stderr
+    assert (root / "main.cf").read_text() == OLD_MAIN
+    assert run_harden(root, 0, "--apply").returncode == 0
+
+
+def test_symlinked_main_cf_is_refused(tmp_path: Path) -> None:
+    root = setup(tmp_path / "etc")
+    (root / "main.cf").rename(tmp_path / "real-main.cf")
+    (root / "main.cf").symlink_to(tmp_path / "real-main.cf")
+    result = run_harden(root, 0, "--apply")
+    assert result.returncode == 2 and "symbolic link" in result.stderr
+    assert (root / "main.cf").is_symlink()
