@@ -17,6 +17,7 @@ role, prints the median wall time of:
 from __future__ import annotations
 
 import argparse
+import functools
 import shutil
 import statistics
 import subprocess
@@ -27,6 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from postwarden.audit.fixes import Inputs, Op
+from postwarden.audit.model import Role
 from postwarden.audit.roles import parse_roles
 from postwarden.harden.plan import make_plan
 from postwarden.postfix.config import PostfixConfig
@@ -46,6 +48,16 @@ def median(runs: int, action: Callable[[], object]) -> float:
         action()
         samples.append(time.perf_counter() - start)
     return statistics.median(samples)
+
+
+def plan_once(etc: Path, roles: frozenset[Role]) -> None:
+    make_plan(PostfixConfig.load(etc), roles, INPUTS)
+
+
+def harden_check(etc: Path, role: str) -> None:
+    subprocess.run([sys.executable, "-m", "postwarden", "harden", "-c", str(etc), "--role",
+                    role, "--hostname", "mx.example.org", "--sasl", "dovecot", "--check"],
+                   capture_output=True, check=False)
 
 
 def main() -> int:
@@ -72,12 +84,8 @@ def main() -> int:
                 subprocess.run([POSTCONF, "-c", str(etc), "-e", *settings],
                                capture_output=True, check=True)
 
-            planned = median(args.runs, lambda etc=etc, roles=roles: make_plan(
-                PostfixConfig.load(etc), roles, INPUTS))
-            command = median(args.runs, lambda etc=etc, role=role: subprocess.run(
-                [sys.executable, "-m", "postwarden", "harden", "-c", str(etc), "--role", role,
-                 "--hostname", "mx.example.org", "--sasl", "dovecot", "--check"],
-                capture_output=True, check=False))
+            planned = median(args.runs, functools.partial(plan_once, etc, roles))
+            command = median(args.runs, functools.partial(harden_check, etc, role))
             reference = median(args.runs, postconf_e)
             (etc / "main.cf").write_bytes(original)
             print(f"{example + ' ' + role:34} {planned * 1000:6.0f}ms {command * 1000:6.0f}ms "
