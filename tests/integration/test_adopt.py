@@ -19,11 +19,11 @@ import pytest
 
 from postwarden.lab.dovecot import DovecotAuth, DovecotError, dovecot_available
 from postwarden.postfix import debian
+from postwarden.postfix.adopt import adopt_master_cf
 from postwarden.postfix.instance import (
     TEST_HOSTNAME,
     InstanceError,
     PostfixInstance,
-    adopt_master_cf,
 )
 from postwarden.postfix.maincf import MainCf
 from postwarden.postfix.mastercf import MasterCf

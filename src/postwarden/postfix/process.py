@@ -1,4 +1,4 @@
-"""Running Postfix programs and finding the processes of one Postfix instance.
+"""Running Postfix programs, finding the processes of one Postfix instance, and its error.
 
 Security: commands are argument lists run with a fixed, minimal environment (no shell, none
 of the caller's variables); output kept is bounded (MAX_OUTPUT). Processes are recognised
@@ -19,11 +19,32 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from postwarden.errors import PostwardenError
+
 MAX_OUTPUT = 64 * 1024
 POLL = 0.05
 # The environment for Postfix commands: theirs to build (postfix(1) sets MAIL_CONFIG and
 # import_environment filters the rest), so none of the caller's environment leaks in.
 COMMAND_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C"}
+
+
+class InstanceError(PostwardenError):
+    """A private Postfix instance could not be set up, started, stopped or observed."""
+
+    def __init__(self, reason: str, *, output: str = "", log_tail: str = "") -> None:
+        self.reason = reason
+        self.output = output
+        self.log_tail = log_tail
+        parts = [reason]
+        if output.strip():
+            parts.append("command output:\n" + _indent(output))
+        if log_tail.strip():
+            parts.append("log tail:\n" + _indent(log_tail))
+        super().__init__("\n".join(parts))
+
+
+def _indent(text: str) -> str:
+    return "\n".join("  " + line for line in text.strip("\n").splitlines())
 
 
 @dataclass(frozen=True)
@@ -130,3 +151,11 @@ def port_free(address: str, port: int) -> bool:
         except OSError:
             return False
     return True
+
+
+def free_port(address: str) -> int:
+    """A TCP port nobody listens on at ``address`` right now (the kernel picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((address, 0))
+        port: int = sock.getsockname()[1]
+        return port

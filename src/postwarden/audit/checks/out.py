@@ -26,7 +26,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from postwarden.audit.checks.tls import BROKEN, PROTOCOLS, enabled_protocols, exclude_broken
+from postwarden.audit.checks.tlsbase import BROKEN, PROTOCOLS, enabled_protocols
+from postwarden.audit.checks.tlsfix import exclude_broken
 from postwarden.audit.context import LOOPBACK_HOSTS, Context
 from postwarden.audit.fixes import Change, Inputs, Op, Outcome, setting
 from postwarden.audit.model import Hit, Role, Severity, rule

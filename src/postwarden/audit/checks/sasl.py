@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from postwarden.audit.checks.relay import EARLY, RECIPIENT, RELAY, expand, walk
-from postwarden.audit.checks.tls import certificate, certificate_loads, hit_service
+from postwarden.audit.checks.tlsfix import certificate, certificate_loads, hit_service
 from postwarden.audit.context import Context
 from postwarden.audit.fixes import (
     Change,
