@@ -65,6 +65,7 @@ class Context:
         self.roles = roles
         self.main_path = str(config.main.path)
         self.master_path = str(config.master.path) if config.master else None
+        self._values: dict[tuple[str, str | None, int], str] = {}
 
     @functools.cached_property
     def config_findings(self) -> list[config_check.Finding]:
@@ -77,7 +78,17 @@ class Context:
         return self.config.lookup(name, service=service)
 
     def value(self, name: str, service: Service | None = None) -> str:
-        """The expanded effective value ('' for an unknown name; raw text if it won't expand)."""
+        """The expanded effective value ('' for an unknown name; raw text if it won't expand).
+
+        Remembered per name and service: a Context describes one state of the configuration
+        (harden makes a new one after each round of edits)."""
+        key = (name, service.key if service else None, service.first if service else -1)
+        found = self._values.get(key)
+        if found is None:
+            found = self._values[key] = self._value(name, service)
+        return found
+
+    def _value(self, name: str, service: Service | None) -> str:
         raw = self.raw(name, service)
         if raw is None:
             return ""
