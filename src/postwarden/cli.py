@@ -137,6 +137,8 @@ def _harden(args: argparse.Namespace) -> int:
     from postwarden.harden import run, settings
 
     config_dir = Path(args.config_dir)
+    if args.reload and not (args.apply or args.rollback):
+        raise UsageError("--reload goes with --apply or --rollback")
     if args.rollback:
         run.writable(config_dir)
         backup = tx.rollback(config_dir, lambda: run.verify(config_dir, set()))
@@ -158,7 +160,8 @@ def _harden(args: argparse.Namespace) -> int:
     if args.apply:
         run.writable(config_dir)
     plan, recovered = run.plan(config_dir, roles, inputs)
-    print(run.to_json(plan) if args.format == "json" else run.to_text(plan, recovered))
+    print(run.to_json(plan, recovered) if args.format == "json"
+          else run.to_text(plan, recovered))
     if args.check:
         return EXIT_FINDINGS if plan.pending else EXIT_OK
     if args.apply and plan.pending:

@@ -142,9 +142,10 @@ def to_text(plan: Plan, recovered: str | None = None) -> str:
     return "\n".join(out)
 
 
-def to_json(plan: Plan) -> str:
+def to_json(plan: Plan, recovered: str | None = None) -> str:
     return json.dumps({
         "config_directory": plan.config_dir,
+        "recovered": recovered,
         "roles": sorted(r.value for r in plan.roles),
         "pending": plan.pending,
         "diff": plan.diff(),

@@ -203,3 +203,7 @@ def test_directory_not_writable(tmp_path: Path) -> None:
         assert files(target) == {"main.cf": MAIN, "master.cf": MASTER}
     finally:
         subprocess.run(["umount", str(target)], check=True)
+
+
+def test_reload_needs_apply_or_rollback(etc: Path) -> None:
+    one_line(command("-c", str(etc), "--role", "mx", "--reload"), "--reload goes with")
