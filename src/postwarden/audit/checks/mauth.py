@@ -24,6 +24,7 @@ from postwarden.audit.checks.milt import RESTRICTION_LISTS, SIGNER_WORDS, parse_
 from postwarden.audit.context import Context
 from postwarden.audit.fixes import Change, Inputs, Op, Outcome
 from postwarden.audit.model import Hit, Role, Severity, rule
+from postwarden.audit.restrictions import KNOWN
 from postwarden.postfix.mastercf import Service
 
 # postwarden's own services (``harden --with policy|milter``): sockets in a directory of
@@ -50,15 +51,26 @@ MILTER_SETTINGS = (("milter_protocol", "6"), ("milter_default_action", "tempfail
 
 
 def wire_policy(ctx: Context, hit: Hit, inputs: Inputs) -> Iterator[Outcome]:
-    """--with policy: one check_policy_service after the relay guard, the others gone."""
+    """--with policy: one check_policy_service after the relay guard, the others gone.
+
+    When nothing else would be left in smtpd_recipient_restrictions, the site's own
+    clients (mynetworks, logged-in users) are let through first: greylisting and SPF are
+    for mail from outside (the relay guard then lives in smtpd_relay_restrictions)."""
     if "policy" not in inputs.extras:
         return
+    replaced = []
     for name in RESTRICTION_LISTS:
         for r in ctx.restrictions(name):
             if (r.name == "check_policy_service" and r.argument
                     and _any([r.argument], REPLACED_POLICY) and r.argument != POLICY):
+                replaced.append(r)
                 yield Change(Op.REMOVE, name, str(r))
-    yield Change(Op.INSERT, "smtpd_recipient_restrictions", f"check_policy_service {POLICY}",
+    check = f"check_policy_service {POLICY}"
+    kept = [r for r in ctx.restrictions("smtpd_recipient_restrictions")
+            if r not in replaced and r.name in KNOWN]
+    if not kept:
+        check = f"permit_mynetworks, permit_sasl_authenticated, {check}"
+    yield Change(Op.INSERT, "smtpd_recipient_restrictions", check,
                  after=RELAY_GUARDS, before=("permit",))
     for name, value in POLICY_SETTINGS:
         yield Change(Op.SET, name, value)
