@@ -166,7 +166,10 @@ def _harden(args: argparse.Namespace) -> int:
         return EXIT_FINDINGS if plan.pending else EXIT_OK
     if args.apply and plan.pending:
         saved = run.apply(plan, config_dir)
-        print(f"applied and verified; backup in {saved} "
+        checks = ("postfix check and the configuration check" if run.postfix_installed()
+                  else "the configuration check (Postfix is not installed here, so postfix "
+                       "check did not run)")
+        print(f"applied and verified with {checks}; backup in {saved} "
               f"(undo with: postwarden harden -c {config_dir} --rollback)")
     if args.apply and args.reload:
         print(run.reload(config_dir))

@@ -60,6 +60,10 @@ def _problems(config_dir: Path) -> set[tuple[str, str]]:
     return {(f.id, f.evidence) for f in findings if f.severity in BLOCKING}
 
 
+def postfix_installed() -> bool:
+    return find_program("postfix") is not None
+
+
 def verify(config_dir: Path, before: set[tuple[str, str]]) -> str | None:
     """None when the written configuration passes the checks; else what failed."""
     postfix = find_program("postfix")
