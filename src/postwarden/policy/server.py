@@ -1,0 +1,347 @@
+"""The asyncio shell of the policy service: sockets, connections, signals, metrics.
+
+Security: anyone who can reach a listening socket is a client; unix sockets are created
+0600 under a tight umask and only then given the configured mode and owner, so there is no
+moment when they are wider than asked. A stale socket file is removed only after a
+connection to it is refused; a live server on it, or a file that is not a socket, stops
+the start. Each connection owns one decoder; a protocol error closes that connection with
+one log line and touches no other. The metrics endpoint reads at most ``MAX_HTTP`` bytes of
+request head, answers and closes; it shows counters only.
+Standards: SMTPD_POLICY_README (persistent connections, one request at a time, "in case
+of trouble ... log a warning and disconnect"); RFC 9112 (just enough HTTP/1.1 for a
+Prometheus scrape); Prometheus text exposition format 0.0.4.
+
+Theory of operation
+-------------------
+1. Binding is plain ``socket`` work done before the event loop starts, while still root;
+   then privileges are dropped; then the loop serves the bound sockets. So the store and
+   every file opened afterwards belong to the unprivileged user.
+2. A connection task loops: ask the decoder for a request; if there is none, read and feed;
+   otherwise decide, write the reply, drain. It never reads ahead of its reply, so smtpd's
+   strict request/response order holds and the decoder's buffer stays bounded.
+3. Shutdown (SIGTERM or SIGINT): stop accepting; cancel connections that wait for a
+   request; give connections in the middle of a decision ``grace`` seconds to answer;
+   then cancel what is left and close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import contextlib
+import errno
+import logging
+import os
+import signal
+import socket
+import stat
+from collections.abc import Sequence
+from pathlib import Path
+
+from postwarden.errors import PostwardenError, UsageError
+from postwarden.policy import privileges
+from postwarden.policy.protocol import ProtocolError, RequestDecoder, encode_reply
+from postwarden.policy.service import PolicyService, build_checks
+from postwarden.settings import Endpoint, Settings
+
+log = logging.getLogger(__name__)
+
+READ_SIZE = 4096
+BACKLOG = 1024        # smtpd opens about one connection per process, up to ~100 each host
+MAX_HTTP = 8192
+HTTP_TIMEOUT = 5.0
+
+
+class ListenError(PostwardenError):
+    """An endpoint that cannot be bound."""
+
+
+def parse_hostport(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[::1]:9100`` for IPv6), for ``--metrics``."""
+    host, colon, port = text.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not colon or not host or not port.isdigit() or int(port) > 65535:
+        raise UsageError(f"--metrics: {text!r}: expected HOST:PORT")
+    return host, int(port)
+
+
+def _unlink_stale(path: Path) -> None:
+    try:
+        info = path.lstat()
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(info.st_mode):
+        raise ListenError(f"unix:{path}: exists and is not a socket")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.settimeout(1.0)
+        probe.connect(str(path))
+    except (ConnectionRefusedError, FileNotFoundError):
+        path.unlink(missing_ok=True)  # stale: left by a server that is gone
+        return
+    except OSError as exc:
+        raise ListenError(f"unix:{path}: cannot tell whether it is in use: "
+                          f"{exc.strerror}") from None
+    finally:
+        probe.close()
+    raise ListenError(f"unix:{path}: another server is listening on it")
+
+
+def bind_unix(path: str, mode: int = 0o660, owner: str | None = None,
+              group: str | None = None) -> socket.socket:
+    where = Path(path)
+    _unlink_stale(where)
+    uid = privileges.lookup_user(owner).pw_uid if owner else -1
+    gid = privileges.lookup_group(group) if group else -1
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o177)
+    try:
+        sock.bind(path)
+    except OSError as exc:
+        sock.close()
+        raise ListenError(f"unix:{path}: {exc.strerror}") from None
+    finally:
+        os.umask(old)
+    try:
+        if uid != -1 or gid != -1:
+            os.chown(path, uid, gid)
+        os.chmod(path, mode)
+    except OSError as exc:
+        sock.close()
+        raise ListenError(f"unix:{path}: cannot set owner or mode: {exc.strerror}") from None
+    sock.listen(BACKLOG)
+    return sock
+
+
+def bind_tcp(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        return socket.create_server((host, port), family=family, backlog=BACKLOG)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        if exc.errno == errno.EADDRINUSE:
+            reason = "address already in use"
+        raise ListenError(f"tcp:{host}:{port}: {reason}") from None
+
+
+def bind(endpoints: Sequence[Endpoint], mode: int = 0o660, owner: str | None = None,
+         group: str | None = None) -> list[socket.socket]:
+    """Sockets for all endpoints; on any failure none stays open."""
+    bound: list[socket.socket] = []
+    try:
+        for e in endpoints:
+            bound.append(bind_unix(e.path, mode, owner, group) if e.kind == "unix"
+                         else bind_tcp(e.host, e.port))
+    except BaseException:
+        for sock in bound:
+            sock.close()
+        raise
+    return bound
+
+
+class PolicyServer:
+    """Serves a ``PolicyService`` on bound sockets, plus an optional metrics socket."""
+
+    def __init__(self, service: PolicyService, sockets: Sequence[socket.socket], *,
+                 metrics: socket.socket | None = None, grace: float = 5.0,
+                 idle_timeout: float = 3600.0) -> None:
+        self.service = service
+        self.sockets = list(sockets)
+        self.metrics_socket = metrics
+        self.grace = grace
+        # Postfix closes idle policy connections after max_idle (300 s) and any after
+        # max_ttl (1000 s); a peer silent for much longer than that is not smtpd.
+        self.idle_timeout = idle_timeout
+        self._servers: list[asyncio.Server] = []
+        self._idle: set[asyncio.Task[None]] = set()
+        self._busy: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[None]] = set()  # strong references to all of them
+        self._stopping = False
+        self._stopped = asyncio.Event()
+
+    async def start(self) -> None:
+        for sock in self.sockets:
+            if sock.family == socket.AF_UNIX:
+                server = await asyncio.start_unix_server(self._accept, sock=sock,
+                                                        backlog=BACKLOG)
+            else:
+                server = await asyncio.start_server(self._accept, sock=sock,
+                                                   backlog=BACKLOG)
+            self._servers.append(server)
+        if self.metrics_socket is not None:
+            self._servers.append(await asyncio.start_server(
+                self._scrape, sock=self.metrics_socket, limit=MAX_HTTP))
+
+    def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # Our own task rather than asyncio's wrapper: on Python 3.11 the wrapper logs a
+        # traceback for every connection task cancelled at shutdown (fixed in 3.12).
+        task = asyncio.get_running_loop().create_task(self._connection(reader, writer))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _connection(self, reader: asyncio.StreamReader,
+                          writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        peer = _peer(writer)
+        decoder = RequestDecoder()
+        counters = self.service.counters
+        counters.connections += 1
+        self._idle.add(task)
+        try:
+            while not self._stopping:
+                request = decoder.next_request()
+                if request is None:
+                    async with asyncio.timeout(self.idle_timeout):
+                        data = await reader.read(READ_SIZE)
+                    if not data:
+                        if decoder.in_request:
+                            log.info("policyd: %s disconnected in the middle of a request",
+                                     peer)
+                        break
+                    decoder.feed(data)
+                    continue
+                self._idle.discard(task)
+                self._busy.add(task)
+                verdict = await self.service.decide(request)
+                writer.write(encode_reply(verdict.action))
+                await writer.drain()
+                self._busy.discard(task)
+                self._idle.add(task)
+        except ProtocolError as exc:
+            counters.errors["protocol"] += 1
+            log.warning("policyd: %s: protocol error, closing the connection: %s", peer, exc)
+        except TimeoutError:
+            log.info("policyd: %s idle for %g s, closing", peer, self.idle_timeout)
+        except (ConnectionError, BrokenPipeError):
+            pass
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("policyd: %s: internal error, closing the connection", peer)
+        finally:
+            self._idle.discard(task)
+            self._busy.discard(task)
+            counters.connections -= 1
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    async def _scrape(self, reader: asyncio.StreamReader,
+                      writer: asyncio.StreamWriter) -> None:
+        try:
+            async with asyncio.timeout(HTTP_TIMEOUT):
+                head = await reader.readuntil(b"\r\n\r\n")
+            method, target, *_ = [*head.split(b"\r\n", 1)[0].split(b" "), b"", b""]
+            if method not in (b"GET", b"HEAD"):
+                status, body = "405 Method Not Allowed", "GET only\n"
+            elif target.split(b"?", 1)[0] in (b"/metrics", b"/"):
+                status, body = "200 OK", self.service.counters.prometheus()
+            else:
+                status, body = "404 Not Found", "try /metrics\n"
+            data = body.encode()
+            writer.write(f"HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4; "
+                         f"charset=utf-8\r\nContent-Length: {len(data)}\r\n"
+                         "Connection: close\r\n\r\n".encode()
+                         + (data if method != b"HEAD" else b""))
+            await writer.drain()
+        except (TimeoutError, asyncio.IncompleteReadError,
+                asyncio.LimitOverrunError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    def addresses(self) -> list[str]:
+        """Where the server listens (``unix:PATH``, ``tcp:HOST:PORT``), metrics last."""
+        found = []
+        for server in self._servers:
+            for sock in server.sockets:
+                name = sock.getsockname()
+                found.append(f"unix:{name}" if sock.family == socket.AF_UNIX
+                             else f"tcp:{name[0]}:{name[1]}")
+        return found
+
+    async def stop(self) -> None:
+        """Stop accepting, let decisions in flight finish within ``grace``, close all."""
+        if self._stopping:
+            await self._stopped.wait()
+            return
+        self._stopping = True
+        for server in self._servers:
+            server.close()
+        for task in list(self._idle):
+            task.cancel()
+        if self._busy:
+            await asyncio.wait(list(self._busy), timeout=self.grace)
+        leftover = self._idle | self._busy
+        for task in leftover:
+            task.cancel()
+        if leftover:
+            await asyncio.wait(list(leftover), timeout=1.0)
+        for server in self._servers:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(server.wait_closed(), 1.0)
+        self._stopped.set()
+
+    async def wait_stopped(self) -> None:
+        await self._stopped.wait()
+
+
+def _peer(writer: asyncio.StreamWriter) -> str:
+    name = writer.get_extra_info("peername")
+    if isinstance(name, tuple) and len(name) >= 2:
+        return f"client {name[0]}:{name[1]}"
+    return "client on unix socket"
+
+
+async def serve(settings: Settings, sockets: Sequence[socket.socket],
+                metrics: socket.socket | None) -> None:
+    """Serve until SIGTERM or SIGINT."""
+    p = settings.policyd
+    service = PolicyService(build_checks(settings), budget=p.budget,
+                            failsafe_action=p.failsafe_action, dry_run=p.dry_run)
+    server = PolicyServer(service, sockets, metrics=metrics)
+    await server.start()
+    loop = asyncio.get_running_loop()
+    stopping: set[asyncio.Task[None]] = set()  # the loop keeps only weak references
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, lambda: stopping.add(loop.create_task(server.stop())))
+    log.info("policyd: listening on %s%s", " ".join(server.addresses()),
+             " (dry run: every answer is DUNNO)" if p.dry_run else "")
+    await server.wait_stopped()
+    log.info("policyd: stopped")
+
+
+# XXX: after the privilege drop, Python may no longer be able to read its own library
+# (a Python under /root, a 0700 virtualenv), and codecs are imported on first use. So the
+# codecs used while serving are looked up before the drop; the checks' modules are imported
+# at the top of service.py for the same reason. The way out is a Python installed where
+# the service user can read it, which a packaged install is.
+PRELOAD_CODECS = ("utf-8", "ascii", "latin-1", "unicode_escape", "idna", "punycode")
+
+
+def run(settings: Settings, metrics: tuple[str, int] | None = None) -> int:
+    """Bind, drop privileges, serve; the whole life of ``postwarden policyd``."""
+    p = settings.policyd
+    for name in PRELOAD_CODECS:
+        codecs.lookup(name)
+    sockets = bind(p.listen, p.socket_mode, p.socket_owner, p.socket_group)
+    try:
+        metrics_socket = bind_tcp(*metrics) if metrics else None
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
+    try:
+        account = privileges.drop_privileges(p.user, p.group)
+    except BaseException:
+        for sock in [*sockets, *([metrics_socket] if metrics_socket else [])]:
+            sock.close()
+        raise
+    if account is not None:
+        log.info("policyd: running as %s (uid %d, gid %d)", account.user, account.uid,
+                 account.gid)
+    asyncio.run(serve(settings, sockets, metrics_socket))
+    return 0

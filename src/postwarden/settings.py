@@ -1,0 +1,465 @@
+"""The typed model of postwarden.toml: read once, checked strictly, passed down frozen.
+
+Security: the file is trusted as configuration but checked as input: unknown sections and
+keys, wrong types and out-of-range values stop the load with one line naming the file and
+the key (``section.key``), so a misspelt key never silently means "default". A store URL
+may carry a password; it is never quoted in an error or a summary (``StoreSettings.shown``).
+Standards: TOML 1.0 (``tomllib``); postconf(5) "time units" (s, m, h, d, w);
+SMTPD_POLICY_README (endpoints, actions); access(5) (the fail-safe action).
+
+Theory of operation
+-------------------
+Each section is read through a ``_Section`` that hands out typed values by key and
+remembers which keys it handed out; whatever is left over is an unknown key. Defaults live
+in the dataclasses, so a missing file and an empty file mean the same thing. Checks that
+span sections (the SPF lookup time must fit in the decision budget) run last.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import re
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
+from urllib.parse import urlsplit
+
+from postwarden.errors import ConfigError, UsageError, clip
+
+DEFAULT_PATH = Path("/etc/postwarden/postwarden.toml")
+DEFAULT_SOCKET = "/var/spool/postfix/postwarden/policy"
+UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+MAX_DURATION = 366 * 86400
+_DURATION = re.compile(r"([0-9]{1,9})([smhdw]?)\Z")
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,31}\Z")  # a user or group name, or a number
+# access(5) words a fail-safe or a rate-limit action may start with.
+ACTION_WORDS = frozenset({"DUNNO", "OK", "REJECT", "DEFER", "DEFER_IF_REJECT",
+                          "DEFER_IF_PERMIT", "HOLD", "DISCARD", "WARN", "INFO"})
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where the service listens: ``unix:PATH`` or ``tcp:HOST:PORT``."""
+
+    kind: str                  # "unix" or "tcp"
+    path: str = ""
+    host: str = ""
+    port: int = 0
+
+    def __str__(self) -> str:
+        if self.kind == "unix":
+            return f"unix:{self.path}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"tcp:{host}:{self.port}"
+
+
+def parse_endpoint(text: str) -> Endpoint:
+    """``unix:/abs/path`` or ``tcp:HOST:PORT`` (``tcp:[::1]:10023`` for IPv6)."""
+    kind, _, rest = text.partition(":")
+    if kind == "unix":
+        if not rest.startswith("/") or "\0" in rest:
+            raise ValueError(f"{text!r}: unix: needs an absolute path")
+        return Endpoint("unix", path=rest)
+    if kind == "tcp":
+        host, colon, port = rest.rpartition(":")
+        if host.startswith("[") and host.endswith("]"):
+            host = host[1:-1]
+        if not colon or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ValueError(f"{text!r}: expected tcp:HOST:PORT")
+        return Endpoint("tcp", host=host, port=int(port))
+    raise ValueError(f"{text!r}: expected unix:PATH or tcp:HOST:PORT")
+
+
+def parse_duration(value: object) -> int:
+    """Seconds from an integer or a string with one postconf(5) time unit ("5m", "35d")."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        seconds = value
+    elif isinstance(value, str) and (match := _DURATION.match(value.strip())):
+        seconds = int(match[1]) * UNITS[match[2] or "s"]
+    else:
+        raise ValueError(f"{value!r} is not a duration (seconds, or a number with s, m, h, "
+                         "d or w)")
+    if not 0 <= seconds <= MAX_DURATION:
+        raise ValueError(f"{value!r} is out of range (0 to {MAX_DURATION} seconds)")
+    return seconds
+
+
+def check_action(action: str) -> str:
+    """An access(5) action fit to be a reply: one line, a known word or a 4NN/5NN code."""
+    word = action.split(None, 1)[0].upper() if action.strip() else ""
+    if (len(action) > 200 or any(not c.isprintable() for c in action)
+            or not (word in ACTION_WORDS or re.fullmatch(r"[45][0-9][0-9]", word))):
+        raise ValueError(f"{clip(action)!r} is not an access(5) action (DUNNO, "
+                         "DEFER_IF_PERMIT text, 450 text, ...)")
+    return action
+
+
+@dataclass(frozen=True)
+class PolicydSettings:
+    listen: tuple[Endpoint, ...] = (Endpoint("unix", path=DEFAULT_SOCKET),)
+    socket_mode: int = 0o660
+    socket_owner: str | None = None
+    socket_group: str | None = None
+    user: str | None = None          # privilege drop target; "root" means: stay root
+    group: str | None = None
+    budget: int = 30                 # seconds for one whole decision
+    failsafe_action: str = "DUNNO"
+    dry_run: bool = False
+
+
+@dataclass(frozen=True)
+class StoreSettings:
+    url: str = "sqlite:///var/lib/postwarden/state.db"
+
+    @property
+    def kind(self) -> str:
+        return self.url.split(":", 1)[0]
+
+    @property
+    def shown(self) -> str:
+        """The URL without a password, for logs and summaries."""
+        parts = urlsplit(self.url)
+        if parts.password is None:
+            return self.url
+        return self.url.replace(f":{parts.password}@", ":***@", 1)
+
+
+@dataclass(frozen=True)
+class GreylistSettings:
+    enabled: bool = True
+    delay: int = 300
+    retry_window: int = 2 * 86400
+    max_age: int = 35 * 86400
+    auto_whitelist_clients: int = 5          # 0: no auto-whitelisting
+    key_by_spf_domain: str = "domain"        # "domain" | "skip" | "off"
+    exempt_networks: tuple[IPNetwork, ...] = (ipaddress.ip_network("127.0.0.0/8"),
+                                              ipaddress.ip_network("::1/128"))
+    whitelist_clients: tuple[str, ...] = ()
+    whitelist_recipients: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class SpfSettings:
+    enabled: bool = True
+    helo_reject: str = "Fail"
+    mail_from_reject: str = "Fail"
+    permerror_reject: bool = False
+    temperror_defer: bool = False
+    header_type: str = "SPF"                 # "SPF" | "AR" | "None"
+    authserv_id: str = ""                    # empty: the host name
+    lookup_time: int = 20                    # RFC 7208 4.6.4: at least 20 s
+
+
+@dataclass(frozen=True)
+class RateRule:
+    key: str                                 # client | sender | sasl_username | recipient_count
+    windows: tuple[int, ...]                 # seconds
+    limit: tuple[int, ...]                   # one per window
+    action: str = "DEFER_IF_PERMIT 4.7.1 Rate limit exceeded, try again later"
+
+
+DEFAULT_RULES = (
+    RateRule("sasl_username", (60, 3600, 86400), (30, 200, 1000)),
+    RateRule("recipient_count", (3600, 86400), (500, 2000)),
+)
+
+
+@dataclass(frozen=True)
+class RateLimitSettings:
+    enabled: bool = True
+    rules: tuple[RateRule, ...] = DEFAULT_RULES
+
+
+@dataclass(frozen=True)
+class Settings:
+    policyd: PolicydSettings = field(default_factory=PolicydSettings)
+    store: StoreSettings = field(default_factory=StoreSettings)
+    greylist: GreylistSettings = field(default_factory=GreylistSettings)
+    spf: SpfSettings = field(default_factory=SpfSettings)
+    ratelimit: RateLimitSettings = field(default_factory=RateLimitSettings)
+    path: str = ""                           # where they came from ("" for defaults)
+
+    def summary(self) -> str:
+        """One line for ``policyd --check-config``."""
+        p = self.policyd
+        parts = [
+            f"listen {' '.join(str(e) for e in p.listen)}",
+            f"store {self.store.shown}",
+            f"greylist {'on' if self.greylist.enabled else 'off'}",
+            f"spf {'on' if self.spf.enabled else 'off'}",
+            f"ratelimit on ({len(self.ratelimit.rules)} rule(s))" if self.ratelimit.enabled
+            else "ratelimit off",
+            f"budget {p.budget}s", f"failsafe {p.failsafe_action}",
+        ]
+        if p.dry_run:
+            parts.append("dry-run")
+        return f"{self.path or 'built-in defaults'}: ok: " + "; ".join(parts)
+
+
+class _Section:
+    """Typed access to one table; remembers the keys read so the rest can be refused."""
+
+    def __init__(self, path: Path, name: str, table: object) -> None:
+        self.path, self.name = path, name
+        if not isinstance(table, dict):
+            self.fail("", "expected a table")
+        self.table: dict[str, Any] = table
+        self.used: set[str] = set()
+
+    def fail(self, key: str, reason: str) -> NoReturn:
+        where = f"{self.name}.{key}" if key else self.name
+        raise ConfigError(self.path, None, f"{where}: {reason}")
+
+    def _get(self, key: str, kind: type | tuple[type, ...], what: str,
+             default: Any) -> Any:
+        self.used.add(key)
+        if key not in self.table:
+            return default
+        value = self.table[key]
+        if (isinstance(value, bool) and kind is not bool) or not isinstance(value, kind):
+            self.fail(key, f"expected {what}, got {type(value).__name__}")
+        return value
+
+    def boolean(self, key: str, default: bool) -> bool:
+        return bool(self._get(key, bool, "true or false", default))
+
+    def integer(self, key: str, default: int, low: int, high: int) -> int:
+        value: int = self._get(key, int, "an integer", default)
+        if not low <= value <= high:
+            self.fail(key, f"{value} is out of range ({low} to {high})")
+        return value
+
+    def string(self, key: str, default: T, choices: tuple[str, ...] = ()) -> str | T:
+        value: str | T = self._get(key, str, "a string", default)
+        if isinstance(value, str) and choices:
+            for choice in choices:
+                if value.lower() == choice.lower():
+                    return choice
+            self.fail(key, f"{clip(value)!r}: expected one of {', '.join(choices)}")
+        return value
+
+    def strings(self, key: str, default: tuple[str, ...]) -> tuple[str, ...]:
+        value = self._get(key, list, "a list of strings", list(default))
+        if not all(isinstance(x, str) for x in value):
+            self.fail(key, "expected a list of strings")
+        return tuple(value)
+
+    def convert(self, key: str, value: Any, how: Callable[[Any], T]) -> T:
+        try:
+            return how(value)
+        except ValueError as exc:
+            self.fail(key, str(exc))
+
+    def duration(self, key: str, default: int, low: int = 0) -> int:
+        self.used.add(key)
+        if key not in self.table:
+            return default
+        seconds = self.convert(key, self.table[key], parse_duration)
+        if seconds < low:
+            self.fail(key, f"{self.table[key]!r} is below the minimum of {low} s")
+        return seconds
+
+    def done(self) -> None:
+        unknown = sorted(set(self.table) - self.used)
+        if unknown:
+            self.fail(unknown[0], "unknown key")
+
+
+def _account(section: _Section, key: str) -> str | None:
+    value = section.string(key, None)
+    if value is not None and not _NAME.match(value):
+        section.fail(key, f"{clip(value)!r} is not a user or group name")
+    return value
+
+
+def _policyd(section: _Section) -> PolicydSettings:
+    d = PolicydSettings()
+    listen = tuple(section.convert("listen", text, parse_endpoint)
+                   for text in section.strings("listen", tuple(str(e) for e in d.listen)))
+    if not listen:
+        section.fail("listen", "needs at least one endpoint")
+    mode = section._get("socket_mode", (int, str), "an octal mode (0o660 or \"0660\")",
+                        d.socket_mode)
+    if isinstance(mode, str):
+        mode = int(mode, 8) if re.fullmatch(r"0?[0-7]{3}", mode) else -1
+    if not 0 <= mode <= 0o777:
+        section.fail("socket_mode", "expected a permission mode from 0o000 to 0o777")
+    result = PolicydSettings(
+        listen=listen, socket_mode=mode,
+        socket_owner=_account(section, "socket_owner"),
+        socket_group=_account(section, "socket_group"),
+        user=_account(section, "user"), group=_account(section, "group"),
+        budget=section.duration("budget", d.budget, low=1),
+        failsafe_action=section.convert(
+            "failsafe_action", section.string("failsafe_action", d.failsafe_action),
+            check_action),
+        dry_run=section.boolean("dry_run", d.dry_run))
+    section.done()
+    return result
+
+
+def _store(section: _Section) -> StoreSettings:
+    url = section.string("url", StoreSettings.url)
+    scheme = url.split(":", 1)[0]
+    if scheme == "sqlite":
+        if not url.startswith("sqlite:///") or "\0" in url:
+            section.fail("url", "expected sqlite:///ABSOLUTE/PATH (the path after sqlite://)")
+    elif scheme in ("redis", "rediss"):
+        try:
+            parts = urlsplit(url)
+            port = parts.port
+        except ValueError:
+            parts, port = None, None
+        db = parts.path.lstrip("/") if parts else "x"
+        if parts is None or not parts.hostname or (db and not db.isdigit()) or (
+                port is not None and port == 0):
+            section.fail("url", "expected redis://HOST[:PORT][/DB]")
+    else:
+        section.fail("url", f"unknown scheme {clip(scheme)!r}: expected sqlite:/// or redis://")
+    section.done()
+    return StoreSettings(url)
+
+
+def _network(text: str) -> IPNetwork:
+    return ipaddress.ip_network(text, strict=False)
+
+
+def _absolute(text: str) -> str:
+    if not text.startswith("/"):
+        raise ValueError(f"{clip(text)!r}: give an absolute path")
+    return text
+
+
+def _greylist(section: _Section) -> GreylistSettings:
+    d = GreylistSettings()
+    result = GreylistSettings(
+        enabled=section.boolean("enabled", d.enabled),
+        delay=section.duration("delay", d.delay),
+        retry_window=section.duration("retry_window", d.retry_window, low=1),
+        max_age=section.duration("max_age", d.max_age, low=1),
+        auto_whitelist_clients=section.integer("auto_whitelist_clients",
+                                               d.auto_whitelist_clients, 0, 1_000_000),
+        key_by_spf_domain=section.string("key_by_spf_domain", d.key_by_spf_domain,
+                                         ("domain", "skip", "off")),
+        exempt_networks=tuple(section.convert("exempt_networks", t, _network) for t in
+                              section.strings("exempt_networks",
+                                              tuple(str(n) for n in d.exempt_networks))),
+        whitelist_clients=tuple(section.convert("whitelist_clients", t, _absolute)
+                                for t in section.strings("whitelist_clients", ())),
+        whitelist_recipients=tuple(section.convert("whitelist_recipients", t, _absolute)
+                                   for t in section.strings("whitelist_recipients", ())))
+    if result.retry_window <= result.delay:
+        section.fail("retry_window", "must be longer than delay")
+    if result.max_age < result.retry_window:
+        section.fail("max_age", "must be at least retry_window")
+    section.done()
+    return result
+
+
+def _spf(section: _Section) -> SpfSettings:
+    d = SpfSettings()
+    result = SpfSettings(
+        enabled=section.boolean("enabled", d.enabled),
+        helo_reject=section.string("helo_reject", d.helo_reject,
+                                   ("SPF_Not_Pass", "Softfail", "Fail", "Null", "False",
+                                    "No_Check")),
+        mail_from_reject=section.string("mail_from_reject", d.mail_from_reject,
+                                        ("SPF_Not_Pass", "Softfail", "Fail", "False",
+                                         "No_Check")),
+        permerror_reject=section.boolean("permerror_reject", d.permerror_reject),
+        temperror_defer=section.boolean("temperror_defer", d.temperror_defer),
+        header_type=section.string("header_type", d.header_type, ("SPF", "AR", "None")),
+        authserv_id=section.string("authserv_id", d.authserv_id),
+        lookup_time=section.duration("lookup_time", d.lookup_time, low=1))
+    if result.authserv_id and not re.fullmatch(r"[A-Za-z0-9.-]{1,253}", result.authserv_id):
+        section.fail("authserv_id", "expected a host name")
+    section.done()
+    return result
+
+
+def _rule(section: _Section) -> RateRule:
+    if "key" not in section.table:
+        section.fail("key", "missing (client, sender, sasl_username or recipient_count)")
+    key = section.string("key", "", ("client", "sender", "sasl_username", "recipient_count"))
+    windows = tuple(section.convert("windows", w, parse_duration)
+                    for w in section._get("windows", list, "a list of durations", []))
+    if not windows or 0 in windows:
+        section.fail("windows", "needs at least one duration above 0 s")
+    raw = section._get("limit", (int, list), "an integer or a list of integers", 0)
+    limits = tuple(raw) if isinstance(raw, list) else (raw,) * len(windows)
+    if (len(limits) != len(windows) or (isinstance(raw, int) and len(windows) > 1)
+            or not all(isinstance(n, int) and not isinstance(n, bool) and n > 0
+                       for n in limits)):
+        section.fail("limit", "expected a positive integer per window (a list as long "
+                              "as windows, or one integer for one window)")
+    action = section.convert("action", section.string("action", RateRule.action),
+                             check_action)
+    section.done()
+    return RateRule(key, windows, limits, action)
+
+
+def _ratelimit(section: _Section) -> RateLimitSettings:
+    enabled = section.boolean("enabled", RateLimitSettings.enabled)
+    tables = section._get("rule", list, "an array of tables ([[ratelimit.rule]])", None)
+    rules = DEFAULT_RULES if tables is None else tuple(
+        _rule(_Section(section.path, f"ratelimit.rule[{i}]", t)) for i, t in enumerate(tables))
+    section.done()
+    return RateLimitSettings(enabled, rules)
+
+
+SECTIONS: dict[str, Callable[[_Section], object]] = {
+    "policyd": _policyd, "store": _store, "greylist": _greylist, "spf": _spf,
+    "ratelimit": _ratelimit,
+}
+
+
+def parse(data: dict[str, Any], path: Path) -> Settings:
+    """Settings from an already parsed TOML document."""
+    for name in data:
+        if name not in SECTIONS:
+            raise ConfigError(path, None, f"{clip(name)}: unknown section")
+    built = {name: read(_Section(path, name, data.get(name, {})))
+             for name, read in SECTIONS.items()}
+    settings = Settings(path=str(path), **built)  # type: ignore[arg-type]
+    if settings.spf.enabled and settings.spf.lookup_time >= settings.policyd.budget:
+        raise ConfigError(path, None, f"spf.lookup_time: {settings.spf.lookup_time} s must be "
+                                      f"below policyd.budget ({settings.policyd.budget} s)")
+    return settings
+
+
+def load(path: Path | None = None) -> Settings:
+    """The settings of ``path``, or of the default file; a missing default file: defaults."""
+    chosen = path or DEFAULT_PATH
+    try:
+        with open(chosen, "rb") as handle:
+            data = tomllib.load(handle)
+    except FileNotFoundError:
+        if path is None:
+            return Settings()
+        raise ConfigError(chosen, None, "no such file") from None
+    except OSError as exc:
+        raise ConfigError(chosen, None, exc.strerror or str(exc)) from None
+    except tomllib.TOMLDecodeError as exc:
+        # The message carries "(at line N, column M)".
+        raise ConfigError(chosen, None, f"not valid TOML: {exc}") from None
+    return parse(data, chosen)
+
+
+def override(settings: Settings, *, listen: list[str] | None = None,
+             dry_run: bool = False) -> Settings:
+    """Settings with the command line's --listen and --dry-run applied."""
+    policyd = settings.policyd
+    if listen:
+        try:
+            endpoints = tuple(parse_endpoint(text) for text in listen)
+        except ValueError as exc:
+            raise UsageError(f"--listen: {exc}") from None
+        policyd = dataclasses.replace(policyd, listen=endpoints)
+    if dry_run:
+        policyd = dataclasses.replace(policyd, dry_run=True)
+    return dataclasses.replace(settings, policyd=policyd)
