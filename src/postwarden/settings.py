@@ -28,6 +28,10 @@ from typing import Any, NoReturn, TypeVar
 from urllib.parse import urlsplit
 
 from postwarden.errors import ConfigError, UsageError, clip
+from postwarden.policy.greylist import GreylistSettings
+from postwarden.policy.ratelimit import COUNTS, KEYS, STAGES, RateLimitSettings, RateRule
+from postwarden.policy.spf import HEADER_TYPES, REJECT_POLICIES, SpfSettings
+from postwarden.policy.store import ALGORITHMS
 
 DEFAULT_PATH = Path("/etc/postwarden/postwarden.toml")
 DEFAULT_SOCKET = "/var/spool/postfix/postwarden/policy"
@@ -130,52 +134,6 @@ class StoreSettings:
 
 
 @dataclass(frozen=True)
-class GreylistSettings:
-    enabled: bool = True
-    delay: int = 300
-    retry_window: int = 2 * 86400
-    max_age: int = 35 * 86400
-    auto_whitelist_clients: int = 5          # 0: no auto-whitelisting
-    key_by_spf_domain: str = "domain"        # "domain" | "skip" | "off"
-    exempt_networks: tuple[IPNetwork, ...] = (ipaddress.ip_network("127.0.0.0/8"),
-                                              ipaddress.ip_network("::1/128"))
-    whitelist_clients: tuple[str, ...] = ()
-    whitelist_recipients: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class SpfSettings:
-    enabled: bool = True
-    helo_reject: str = "Fail"
-    mail_from_reject: str = "Fail"
-    permerror_reject: bool = False
-    temperror_defer: bool = False
-    header_type: str = "SPF"                 # "SPF" | "AR" | "None"
-    authserv_id: str = ""                    # empty: the host name
-    lookup_time: int = 20                    # RFC 7208 4.6.4: at least 20 s
-
-
-@dataclass(frozen=True)
-class RateRule:
-    key: str                                 # client | sender | sasl_username | recipient_count
-    windows: tuple[int, ...]                 # seconds
-    limit: tuple[int, ...]                   # one per window
-    action: str = "DEFER_IF_PERMIT 4.7.1 Rate limit exceeded, try again later"
-
-
-DEFAULT_RULES = (
-    RateRule("sasl_username", (60, 3600, 86400), (30, 200, 1000)),
-    RateRule("recipient_count", (3600, 86400), (500, 2000)),
-)
-
-
-@dataclass(frozen=True)
-class RateLimitSettings:
-    enabled: bool = True
-    rules: tuple[RateRule, ...] = DEFAULT_RULES
-
-
-@dataclass(frozen=True)
 class Settings:
     policyd: PolicydSettings = field(default_factory=PolicydSettings)
     store: StoreSettings = field(default_factory=StoreSettings)
@@ -254,6 +212,16 @@ class _Section:
             return how(value)
         except ValueError as exc:
             self.fail(key, str(exc))
+
+    def build(self, kind: Callable[..., T], **values: Any) -> T:
+        """The section's dataclass; its own checks (``__post_init__``) name the key."""
+        try:
+            return kind(**values)
+        except ValueError as exc:
+            key, _, reason = str(exc).partition(": ")
+            if key in values:
+                self.fail(key, reason)
+            self.fail("", str(exc))
 
     def duration(self, key: str, default: int, low: int = 0) -> int:
         self.used.add(key)
@@ -337,18 +305,24 @@ def _absolute(text: str) -> str:
 
 def _greylist(section: _Section) -> GreylistSettings:
     d = GreylistSettings()
-    result = GreylistSettings(
+    result = section.build(
+        GreylistSettings,
         enabled=section.boolean("enabled", d.enabled),
         delay=section.duration("delay", d.delay),
         retry_window=section.duration("retry_window", d.retry_window, low=1),
         max_age=section.duration("max_age", d.max_age, low=1),
         auto_whitelist_clients=section.integer("auto_whitelist_clients",
                                                d.auto_whitelist_clients, 0, 1_000_000),
+        ipv4_cidr=section.integer("ipv4_cidr", d.ipv4_cidr, 8, 32),
+        ipv6_cidr=section.integer("ipv6_cidr", d.ipv6_cidr, 16, 128),
+        action=section.convert("action", section.string("action", d.action), check_action),
+        text=section.string("text", d.text),
+        header=section.string("header", d.header),
+        hostname=section.string("hostname", d.hostname),
         key_by_spf_domain=section.string("key_by_spf_domain", d.key_by_spf_domain,
                                          ("domain", "skip", "off")),
-        exempt_networks=tuple(section.convert("exempt_networks", t, _network) for t in
-                              section.strings("exempt_networks",
-                                              tuple(str(n) for n in d.exempt_networks))),
+        exempt_networks=tuple(str(section.convert("exempt_networks", t, _network)) for t in
+                              section.strings("exempt_networks", d.exempt_networks)),
         whitelist_clients=tuple(section.convert("whitelist_clients", t, _absolute)
                                 for t in section.strings("whitelist_clients", ())),
         whitelist_recipients=tuple(section.convert("whitelist_recipients", t, _absolute)
@@ -363,53 +337,63 @@ def _greylist(section: _Section) -> GreylistSettings:
 
 def _spf(section: _Section) -> SpfSettings:
     d = SpfSettings()
-    result = SpfSettings(
+    result = section.build(
+        SpfSettings,
         enabled=section.boolean("enabled", d.enabled),
-        helo_reject=section.string("helo_reject", d.helo_reject,
-                                   ("SPF_Not_Pass", "Softfail", "Fail", "Null", "False",
-                                    "No_Check")),
+        helo_reject=section.string("helo_reject", d.helo_reject, tuple(REJECT_POLICIES)),
         mail_from_reject=section.string("mail_from_reject", d.mail_from_reject,
-                                        ("SPF_Not_Pass", "Softfail", "Fail", "False",
-                                         "No_Check")),
+                                        tuple(p for p in REJECT_POLICIES if p != "Null")),
         permerror_reject=section.boolean("permerror_reject", d.permerror_reject),
         temperror_defer=section.boolean("temperror_defer", d.temperror_defer),
-        header_type=section.string("header_type", d.header_type, ("SPF", "AR", "None")),
+        header_type=section.string("header_type", d.header_type, HEADER_TYPES),
         authserv_id=section.string("authserv_id", d.authserv_id),
-        lookup_time=section.duration("lookup_time", d.lookup_time, low=1))
-    if result.authserv_id and not re.fullmatch(r"[A-Za-z0-9.-]{1,253}", result.authserv_id):
-        section.fail("authserv_id", "expected a host name")
+        receiver=section.string("receiver", d.receiver),
+        lookup_time=float(section.duration("lookup_time", int(d.lookup_time), low=1)),
+        void_limit=section.integer("void_limit", d.void_limit, 0, 100),
+        skip_networks=tuple(str(section.convert("skip_networks", t, _network)) for t in
+                            section.strings("skip_networks", d.skip_networks)),
+        nameserver=section.string("nameserver", d.nameserver),
+        reason_message=section.string("reason_message", d.reason_message),
+        reason_url=section.string("reason_url", d.reason_url))
+    for key in ("authserv_id", "receiver"):
+        value = getattr(result, key)
+        if value and not re.fullmatch(r"[A-Za-z0-9.-]{1,253}", value):
+            section.fail(key, "expected a host name")
     section.done()
     return result
 
 
 def _rule(section: _Section) -> RateRule:
-    if "key" not in section.table:
-        section.fail("key", "missing (client, sender, sasl_username or recipient_count)")
-    key = section.string("key", "", ("client", "sender", "sasl_username", "recipient_count"))
-    windows = tuple(section.convert("windows", w, parse_duration)
-                    for w in section._get("windows", list, "a list of durations", []))
-    if not windows or 0 in windows:
-        section.fail("windows", "needs at least one duration above 0 s")
-    raw = section._get("limit", (int, list), "an integer or a list of integers", 0)
-    limits = tuple(raw) if isinstance(raw, list) else (raw,) * len(windows)
-    if (len(limits) != len(windows) or (isinstance(raw, int) and len(windows) > 1)
-            or not all(isinstance(n, int) and not isinstance(n, bool) and n > 0
-                       for n in limits)):
-        section.fail("limit", "expected a positive integer per window (a list as long "
-                              "as windows, or one integer for one window)")
-    action = section.convert("action", section.string("action", RateRule.action),
-                             check_action)
+    for required in ("name", "key", "limit", "window"):
+        if required not in section.table:
+            section.fail(required, "missing")
+    d = RateRule("x", KEYS[0], 1, 1)
+    result = section.build(
+        RateRule,
+        name=section.string("name", ""),
+        key=section.string("key", "", KEYS),
+        limit=section.integer("limit", 1, 1, 10**9),
+        window=section.duration("window", 1, low=1),
+        count=section.string("count", d.count, COUNTS),
+        algorithm=section.string("algorithm", d.algorithm, ALGORITHMS),
+        stage=section.string("stage", d.stage, STAGES),
+        action=section.convert("action", section.string("action", d.action), check_action))
     section.done()
-    return RateRule(key, windows, limits, action)
+    return result
 
 
 def _ratelimit(section: _Section) -> RateLimitSettings:
-    enabled = section.boolean("enabled", RateLimitSettings.enabled)
+    d = RateLimitSettings()
+    enabled = section.boolean("enabled", d.enabled)
     tables = section._get("rule", list, "an array of tables ([[ratelimit.rule]])", None)
-    rules = DEFAULT_RULES if tables is None else tuple(
+    rules = d.rules if tables is None else tuple(
         _rule(_Section(section.path, f"ratelimit.rule[{i}]", t)) for i, t in enumerate(tables))
+    names = [r.name for r in rules]
+    if len(set(names)) != len(names):
+        section.fail("rule", "two rules have the same name")
+    result = section.build(RateLimitSettings, enabled=enabled, rules=rules)
     section.done()
-    return RateLimitSettings(enabled, rules)
+    return result
 
 
 SECTIONS: dict[str, Callable[[_Section], object]] = {
@@ -427,7 +411,7 @@ def parse(data: dict[str, Any], path: Path) -> Settings:
              for name, read in SECTIONS.items()}
     settings = Settings(path=str(path), **built)  # type: ignore[arg-type]
     if settings.spf.enabled and settings.spf.lookup_time >= settings.policyd.budget:
-        raise ConfigError(path, None, f"spf.lookup_time: {settings.spf.lookup_time} s must be "
+        raise ConfigError(path, None, f"spf.lookup_time: {settings.spf.lookup_time:g} s must be "
                                       f"below policyd.budget ({settings.policyd.budget} s)")
     return settings
 

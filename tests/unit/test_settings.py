@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import ipaddress
 from pathlib import Path
 
 import pytest
 
 from postwarden import settings
 from postwarden.errors import ConfigError, UsageError
-from postwarden.settings import Endpoint, RateRule, load, parse_duration, parse_endpoint
+from postwarden.policy.ratelimit import RateRule
+from postwarden.settings import Endpoint, load, parse_duration, parse_endpoint
 
 FULL = """
 [policyd]
@@ -51,15 +51,20 @@ lookup_time = 20
 enabled = true
 
 [[ratelimit.rule]]
+name = "sasl-minute"
 key = "sasl_username"
-windows = ["1m", "1h", "1d"]
-limit = [20, 100, 500]
+limit = 20
+window = "1m"
+count = "messages"
 action = "DEFER 4.7.1 Slow down"
 
 [[ratelimit.rule]]
-key = "client"
-windows = [60]
+name = "client-minute"
+key = "client_address"
 limit = 100
+window = 60
+algorithm = "sliding_window"
+stage = "END-OF-MESSAGE"
 """
 
 
@@ -94,14 +99,16 @@ def test_every_key(tmp_path: Path) -> None:
     assert (g.delay, g.retry_window, g.max_age, g.auto_whitelist_clients) == (
         60, 86400, 35 * 86400, 0)
     assert g.key_by_spf_domain == "skip"
-    assert ipaddress.ip_network("192.0.2.0/24") in g.exempt_networks
+    assert "192.0.2.0/24" in g.exempt_networks
     assert g.whitelist_recipients == ("/etc/postgrey/whitelist_recipients",)
     assert (s.spf.helo_reject, s.spf.mail_from_reject, s.spf.header_type) == (
         "SPF_Not_Pass", "Softfail", "AR")
     assert s.spf.permerror_reject and s.spf.temperror_defer
     assert s.ratelimit.rules == (
-        RateRule("sasl_username", (60, 3600, 86400), (20, 100, 500), "DEFER 4.7.1 Slow down"),
-        RateRule("client", (60,), (100,), RateRule.action))
+        RateRule("sasl-minute", "sasl_username", 20, 60, count="messages",
+                 action="DEFER 4.7.1 Slow down"),
+        RateRule("client-minute", "client_address", 100, 60, algorithm="sliding_window",
+                 stage="END-OF-MESSAGE"))
     assert "hunter2" not in s.summary()
 
 
@@ -168,15 +175,21 @@ def test_missing_named_file_is_an_error(tmp_path: Path) -> None:
     ("[spf]\nhelo_reject = false\n", "spf.helo_reject: expected a string, got bool"),
     ("[spf]\nauthserv_id = \"a b\"\n", "spf.authserv_id: expected a host name"),
     ("[ratelimit]\nrule = 5\n", "ratelimit.rule: expected an array of tables"),
-    ("[[ratelimit.rule]]\nwindows = [\"1h\"]\nlimit = 5\n",
+    ("[[ratelimit.rule]]\nname = \"a\"\nwindow = \"1h\"\nlimit = 5\n",
      "ratelimit.rule[0].key: missing"),
-    ("[[ratelimit.rule]]\nkey = \"ip\"\n", "ratelimit.rule[0].key: 'ip': expected one of"),
-    ("[[ratelimit.rule]]\nkey = \"client\"\nwindows = []\nlimit = 1\n",
-     "ratelimit.rule[0].windows: needs at least one duration"),
-    ("[[ratelimit.rule]]\nkey = \"client\"\nwindows = [\"1h\", \"1d\"]\nlimit = 5\n",
-     "ratelimit.rule[0].limit: expected a positive integer per window"),
-    ("[[ratelimit.rule]]\nkey = \"client\"\nwindows = [\"1h\"]\nlimit = [5]\nburst = 2\n",
-     "ratelimit.rule[0].burst: unknown key"),
+    ("[[ratelimit.rule]]\nname = \"a\"\nkey = \"ip\"\nlimit = 1\nwindow = 1\n",
+     "ratelimit.rule[0].key: 'ip': expected one of"),
+    ("[[ratelimit.rule]]\nname = \"a\"\nkey = \"sender\"\nlimit = 0\nwindow = 1\n",
+     "ratelimit.rule[0].limit: 0 is out of range"),
+    ("[[ratelimit.rule]]\nname = \"a\"\nkey = \"sender\"\nlimit = 5\nwindow = 0\n",
+     "ratelimit.rule[0].window: 0 is below the minimum"),
+    ("[[ratelimit.rule]]\nname = \"a\"\nkey = \"sender\"\nlimit = 5\nwindow = 5\n"
+     "stage = \"RCPT\"\n", "ratelimit.rule[0]: rate rule 'a': recipients are only known"),
+    ("[[ratelimit.rule]]\nname = \"a\"\nkey = \"sender\"\nlimit = 5\nwindow = 5\n"
+     "burst = 2\n", "ratelimit.rule[0].burst: unknown key"),
+    ("[[ratelimit.rule]]\nname = \"a\"\nkey = \"sender\"\nlimit = 5\nwindow = 5\n"
+     "[[ratelimit.rule]]\nname = \"a\"\nkey = \"sender\"\nlimit = 9\nwindow = 5\n",
+     "ratelimit.rule: two rules have the same name"),
     ("policyd = 5\n", "policyd: expected a table"),
 ])
 def test_errors_name_file_and_key(tmp_path: Path, text: str, expected: str) -> None:

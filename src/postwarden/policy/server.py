@@ -38,10 +38,14 @@ import stat
 from collections.abc import Sequence
 from pathlib import Path
 
+from postwarden.dns import DnsResolver
 from postwarden.errors import PostwardenError, UsageError
 from postwarden.policy import privileges
 from postwarden.policy.protocol import ProtocolError, RequestDecoder, encode_reply
-from postwarden.policy.service import PolicyService, build_checks
+from postwarden.policy.service import PolicyService, SystemClock, build_checks
+from postwarden.policy.store import StoreError, expire_forever, open_store
+from postwarden.policy.store.redis import RedisStore  # noqa: F401 - imported before the drop
+from postwarden.policy.store.sqlite import SqliteStore  # noqa: F401 - (see PRELOAD_CODECS)
 from postwarden.settings import Endpoint, Settings
 
 log = logging.getLogger(__name__)
@@ -300,16 +304,38 @@ async def serve(settings: Settings, sockets: Sequence[socket.socket],
                 metrics: socket.socket | None) -> None:
     """Serve until SIGTERM or SIGINT."""
     p = settings.policyd
-    service = PolicyService(build_checks(settings), budget=p.budget,
+    clock = SystemClock()
+    store = open_store(settings.store.url)   # after the privilege drop: files are the user's
+    try:
+        await store.expire(clock.now(), 1)      # opens it: a bad path or mode shows now
+    except StoreError as exc:
+        if settings.store.kind == "sqlite":
+            await store.close()
+            raise
+        log.warning("policyd: %s; answering %s until it is back", exc, p.failsafe_action)
+    resolver = DnsResolver(nameserver=settings.spf.nameserver or None,
+                           timeout=settings.spf.lookup_time)
+    expiry = asyncio.create_task(expire_forever(store, clock))
+    service = PolicyService(build_checks(settings, store, resolver, clock), budget=p.budget,
                             failsafe_action=p.failsafe_action, dry_run=p.dry_run)
     server = PolicyServer(service, sockets, metrics=metrics)
+    try:
+        await _serve(server, p.dry_run)
+    finally:
+        expiry.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await expiry
+        await store.close()
+
+
+async def _serve(server: PolicyServer, dry_run: bool) -> None:
     await server.start()
     loop = asyncio.get_running_loop()
     stopping: set[asyncio.Task[None]] = set()  # the loop keeps only weak references
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, lambda: stopping.add(loop.create_task(server.stop())))
     log.info("policyd: listening on %s%s", " ".join(server.addresses()),
-             " (dry run: every answer is DUNNO)" if p.dry_run else "")
+             " (dry run: every answer is DUNNO)" if dry_run else "")
     await server.wait_stopped()
     log.info("policyd: stopped")
 

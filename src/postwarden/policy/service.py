@@ -12,8 +12,11 @@ Theory of operation
 -------------------
 ``decide`` runs the checks in order with one shared ``Findings``. The first verdict that is
 final (not DUNNO or PREPEND) is the answer and later checks do not run; otherwise the first
-PREPEND is the answer (a reply carries one action), otherwise DUNNO. The whole decision
-runs under ``asyncio.timeout(budget)``. A timeout, or any exception other than
+PREPEND is the answer (a reply carries one action) and the other PREPENDs wait, by
+``instance``, for the next request of the same message: the next RCPT, or DATA when the
+service is also consulted in smtpd_data_restrictions (as harden wires it), so SPF's
+Received-SPF and greylisting's X-Greylist both reach the message. Otherwise DUNNO.
+The whole decision runs under ``asyncio.timeout(budget)``. A timeout, or any exception other than
 ``CancelledError``, gives the fail-safe verdict. Exceptions are counted by kind: an
 exception class may carry ``failure_kind = "store"`` or ``"dns"`` (the store and DNS
 layers' errors do), anything else counts as ``internal``. An SPF temperror that a check
@@ -27,17 +30,31 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from postwarden.errors import clip
-from postwarden.policy.model import Check, Findings, PolicyRequest, SpfResult, Verdict
+from postwarden.policy.greylist import Greylist
+from postwarden.policy.model import (
+    Check,
+    Clock,
+    Findings,
+    PolicyRequest,
+    Resolver,
+    SpfResult,
+    Verdict,
+)
 from postwarden.policy.protocol import encode_reply
+from postwarden.policy.ratelimit import RateLimit
+from postwarden.policy.spf import SpfCheck
+from postwarden.policy.store import Store
+from postwarden.policy.whitelist import load_clients, load_recipients
 from postwarden.settings import Settings
 
 log = logging.getLogger(__name__)
 
+MAX_PENDING = 10_000  # messages whose further headers wait for their next request
 # Seconds; a policy decision is expected in well under 5 ms, DNS can take seconds.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
                    2.5, 5.0, 10.0, 30.0)
@@ -115,6 +132,7 @@ class PolicyService:
         self.dry_run = dry_run
         self.clock = clock
         self.counters = counters or Counters()
+        self._pending: OrderedDict[str, list[Verdict]] = OrderedDict()
 
     async def decide(self, request: PolicyRequest) -> Verdict:
         started = self.clock()
@@ -148,7 +166,7 @@ class PolicyService:
 
     async def _run(self, request: PolicyRequest, findings: Findings,
                    running: list[str]) -> Verdict:
-        prepend: Verdict | None = None
+        prepends: list[Verdict] = []
         for check in self.checks:
             running[0] = check.name
             verdict = await check.check(request, findings)
@@ -156,10 +174,22 @@ class PolicyService:
                 continue
             if verdict.final:
                 return verdict
-            if prepend is None and verdict.action.split(None, 1)[0].upper() == "PREPEND":
-                prepend = verdict
+            if verdict.action.split(None, 1)[0].upper() == "PREPEND":
+                prepends.append(verdict)
         running[0] = "-"
-        return prepend or Verdict("DUNNO", "none")
+        return self._one_prepend(request.instance, prepends)
+
+    def _one_prepend(self, instance: str, prepends: list[Verdict]) -> Verdict:
+        """One reply carries one action: the first header now, the others with the next
+        requests of the same message (the next RCPT, or DATA)."""
+        queue = [*self._pending.pop(instance, []), *prepends] if instance else prepends
+        if not queue:
+            return Verdict("DUNNO", "none")
+        if instance and queue[1:]:
+            self._pending[instance] = queue[1:]
+            while len(self._pending) > MAX_PENDING:
+                self._pending.popitem(last=False)
+        return queue[0]
 
     def _failed(self, request: PolicyRequest, exc: Exception, check: str) -> Verdict:
         kind = getattr(exc, "failure_kind", "internal")
@@ -182,12 +212,22 @@ class PolicyService:
                  clip(verdict.reason or verdict.action, 200))
 
 
-def build_checks(settings: Settings) -> list[Check]:
-    """The enabled checks in their order (rate limits, SPF, greylisting).
+class SystemClock:
+    def now(self) -> float:
+        return time.time()
 
-    XXX: none are wired yet: the greylist, SPF and rate-limit checks and their stores are
-    being written beside this module; until the lead wires them here every request is
-    answered DUNNO (check=none).
-    """
-    del settings
-    return []
+
+def build_checks(settings: Settings, store: Store, resolver: Resolver,
+                 clock: Clock) -> list[Check]:
+    """The enabled checks in their order: rate limits (a flood is refused before it costs
+    DNS queries), SPF (its result feeds greylisting), greylisting."""
+    checks: list[Check] = []
+    if settings.ratelimit.enabled:
+        checks.append(RateLimit(settings.ratelimit, store, clock))
+    if settings.spf.enabled:
+        checks.append(SpfCheck(settings.spf, resolver))
+    if settings.greylist.enabled:
+        g = settings.greylist
+        checks.append(Greylist(g, store, clock, clients=load_clients(g.whitelist_clients),
+                               recipients=load_recipients(g.whitelist_recipients)))
+    return checks

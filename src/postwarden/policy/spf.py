@@ -90,6 +90,7 @@ class SpfSettings:
     receiver: str = ""
     lookup_time: float = 20.0
     void_limit: int = 2
+    nameserver: str = ""                     # HOST[:PORT]; "" = /etc/resolv.conf
     skip_networks: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
     reason_message: str = "Message {rejectdefer} due to: {spf}. Please see {url}"
     reason_url: str = "https://www.open-spf.org/Why?s={scope};id={identity};ip={ip};r={receiver}"

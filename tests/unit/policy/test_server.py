@@ -12,11 +12,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import shutil
 import signal
 import socket
 import stat
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from collections.abc import Awaitable, Callable
@@ -415,7 +417,14 @@ def free_port() -> int:
 def test_policyd_command_serves_and_stops_on_sigterm(tmp_path: Path) -> None:
     config = tmp_path / "postwarden.toml"
     user = 'user = "nobody"\ngroup = "nogroup"\n' if os.geteuid() == 0 else ""
-    config.write_text(f"[policyd]\n{user}budget = 5\n[spf]\nlookup_time = 2\n")
+    state = Path(tempfile.mkdtemp(prefix="postwarden-state-"))
+    state.chmod(0o755)
+    if os.geteuid() == 0:
+        shutil.chown(state, "nobody", "nogroup")
+    config.write_text(f"[policyd]\n{user}budget = 5\n[store]\n"
+                      f'url = "sqlite://{state}/state.db"\n'
+                      "[spf]\nenabled = false\n[greylist]\nenabled = false\n"
+                      "[ratelimit]\nenabled = false\n")
     port, metrics = free_port(), free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "postwarden", "policyd", "--config", str(config),
@@ -440,6 +449,7 @@ def test_policyd_command_serves_and_stops_on_sigterm(tmp_path: Path) -> None:
         if process.poll() is None:
             process.kill()
             process.wait()
+    shutil.rmtree(state, ignore_errors=True)
     assert process.returncode == 0, stderr
     assert "policyd: listening on" in stderr
     assert "action=DUNNO check=none" in stderr
@@ -462,3 +472,27 @@ def test_policyd_check_config(tmp_path: Path) -> None:
     assert failed.stderr.strip().splitlines() == [
         f"postwarden: {bad}: policyd.listen: 'udp:127.0.0.1:10023': expected unix:PATH or "
         "tcp:HOST:PORT"]
+
+
+class _Prepends:
+    """A check that adds one header per request."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    async def check(self, request: PolicyRequest, findings: Findings) -> Verdict | None:
+        return Verdict(f"PREPEND X-{self.name}: yes", self.name)
+
+
+def test_second_header_waits_for_the_next_request_of_the_message() -> None:
+    service = PolicyService([_Prepends("One"), _Prepends("Two")], budget=5)
+    rcpt = PolicyRequest({"request": "smtpd_access_policy", "protocol_state": "RCPT",
+                          "instance": "abc.1"})
+    data = PolicyRequest({**rcpt.attributes, "protocol_state": "DATA"})
+    other = PolicyRequest({**rcpt.attributes, "instance": "def.2"})
+
+    async def run() -> list[str]:
+        return [(await service.decide(r)).action for r in (rcpt, other, data)]
+
+    assert asyncio.run(run()) == ["PREPEND X-One: yes", "PREPEND X-One: yes",
+                                  "PREPEND X-Two: yes"]
