@@ -39,6 +39,7 @@ def test_guide_with_policy_and_milter(tmp_path: Path) -> None:
     assert recipient == ["permit_mynetworks", "permit_sasl_authenticated",
                          "check_policy_service"]
     assert "defer_unauth_destination" in (main.get("smtpd_relay_restrictions") or "")
+    assert main.get("smtpd_data_restrictions") == "check_policy_service unix:postwarden/policy"
     assert main.get("smtpd_milters") == "unix:postwarden/milter"
     assert main.get("non_smtpd_milters") == "unix:postwarden/milter"
     assert main.get("milter_default_action") == "tempfail"

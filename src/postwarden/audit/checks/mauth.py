@@ -51,7 +51,8 @@ MILTER_SETTINGS = (("milter_protocol", "6"), ("milter_default_action", "tempfail
 
 
 def wire_policy(ctx: Context, hit: Hit, inputs: Inputs) -> Iterator[Outcome]:
-    """--with policy: one check_policy_service after the relay guard, the others gone.
+    """--with policy: one check_policy_service after the relay guard (and one at DATA),
+    the others gone.
 
     When nothing else would be left in smtpd_recipient_restrictions, the site's own
     clients (mynetworks, logged-in users) are let through first: greylisting and SPF are
@@ -72,6 +73,10 @@ def wire_policy(ctx: Context, hit: Hit, inputs: Inputs) -> Iterator[Outcome]:
         check = f"permit_mynetworks, permit_sasl_authenticated, {check}"
     yield Change(Op.INSERT, "smtpd_recipient_restrictions", check,
                  after=RELAY_GUARDS, before=("permit",))
+    # DATA: rate limits count accepted recipients there (recipient_count), and a second
+    # header of the message (X-Greylist after Received-SPF) is added there.
+    yield Change(Op.INSERT, "smtpd_data_restrictions", f"check_policy_service {POLICY}",
+                 before=("permit",))
     for name, value in POLICY_SETTINGS:
         yield Change(Op.SET, name, value)
 
