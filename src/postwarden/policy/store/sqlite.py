@@ -10,10 +10,14 @@ necessarily a power loss), at the cost of one fsync per checkpoint instead of pe
 Theory of operation
 -------------------
 sqlite3 calls block, so the event loop never makes them: each public method hands one
-closure to a single-thread executor that owns the connection. One thread means the
-requests of this process are serialised without locks; ``BEGIN IMMEDIATE`` takes SQLite's
-write lock up front, so another process (the ``postwarden greylist`` CLI while the daemon
-runs) waits for it (``busy_timeout``) instead of failing half-way through. The decisions
+closure to a worker thread that owns the connection. The worker commits in groups: the
+jobs that queued up while it was busy run in one transaction (each in a savepoint, so a
+failing job fails alone), and their callers learn their results only after the COMMIT, so
+no answer ever rests on state that is not yet durable; under load one commit serves many
+requests. One thread means the requests of this process are serialised without locks;
+``BEGIN IMMEDIATE`` takes SQLite's write lock up front, so another process (the
+``postwarden greylist`` CLI while the daemon runs) waits for it (``busy_timeout``)
+instead of failing half-way through. The decisions
 are ``greylist_step``, ``awl_step`` and ``rate_step`` from the package, called inside the
 transaction. ``PRAGMA user_version`` holds the schema version.
 """
@@ -22,11 +26,14 @@ from __future__ import annotations
 
 import asyncio
 import os
+import queue
 import sqlite3
+import threading
+import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from postwarden.policy.store import (
     Attempt,
@@ -45,6 +52,8 @@ from postwarden.policy.store import (
 
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT_MS = 5000
+MAX_BATCH = 256  # jobs per group commit
+SETUP_RETRY = 0.02  # seconds
 T = TypeVar("T")
 
 _SCHEMA = (
@@ -69,20 +78,59 @@ class SqliteStore:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pw-sqlite")
         self._db: sqlite3.Connection | None = None
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
 
     async def _run(self, work: Callable[[sqlite3.Connection], T]) -> T:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._call, work)
+        future: asyncio.Future[T] = loop.create_future()
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._worker, name="pw-sqlite",
+                                            daemon=True)
+            self._thread.start()
+        self._jobs.put(_Job(work, future, loop))
+        return await future
 
-    def _call(self, work: Callable[[sqlite3.Connection], T]) -> T:
+    def _worker(self) -> None:
+        """Group commit: every job waiting when the thread wakes runs in one transaction,
+        each in a savepoint of its own; answers go out only after the COMMIT."""
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                break
+            batch = [job]
+            while len(batch) < MAX_BATCH:
+                try:
+                    more = self._jobs.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    self._jobs.put(None)  # stop after this batch
+                    break
+                batch.append(more)
+            self._run_batch(batch)
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    def _run_batch(self, batch: list[_Job]) -> None:
+        outcomes: list[tuple[bool, object]] = []
         try:
             if self._db is None:
                 self._db = self._connect()
-            return work(self._db)
-        except sqlite3.Error as exc:
-            raise StoreError(f"sqlite store {self.path}: {exc}") from None
+            db = self._db
+            with _transaction(db):
+                for job in batch:
+                    try:
+                        with _transaction(db):
+                            outcomes.append((True, job.work(db)))
+                    except Exception as exc:  # the job's caller gets it; the thread goes on
+                        outcomes.append((False, _store_error(self.path, exc)))
+        except Exception as exc:
+            outcomes = [(False, _store_error(self.path, exc))] * len(batch)
+        for job, (ok, value) in zip(batch, outcomes, strict=True):
+            job.loop.call_soon_threadsafe(_settle, job.future, ok, value)
 
     def _connect(self) -> sqlite3.Connection:
         parent = self.path.parent
@@ -100,22 +148,36 @@ class SqliteStore:
         os.close(fd)
         db = sqlite3.connect(self.path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
         try:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")
-            db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-            with _transaction(db):
-                version = int(db.execute("PRAGMA user_version").fetchone()[0])
-                if version == 0:
-                    for statement in _SCHEMA:
-                        db.execute(statement)
-                    db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-                elif version != SCHEMA_VERSION:
-                    raise StoreError(f"sqlite store {self.path}: schema version {version}, "
-                                     f"this postwarden knows {SCHEMA_VERSION}")
+            self._set_up(db)
         except BaseException:
             db.close()
             raise
         return db
+
+    def _set_up(self, db: sqlite3.Connection) -> None:
+        """WAL mode and the schema. Switching a new file to WAL takes an exclusive lock and
+        SQLite does not wait for it (no busy handler), so when two processes open a new
+        file at once the loser tries again, for at most the busy timeout."""
+        deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+        while True:
+            try:
+                db.execute("PRAGMA journal_mode=WAL")
+                break
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(SETUP_RETRY)
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        with _transaction(db):
+            version = int(db.execute("PRAGMA user_version").fetchone()[0])
+            if version == 0:
+                for statement in _SCHEMA:
+                    db.execute(statement)
+                db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            elif version != SCHEMA_VERSION:
+                raise StoreError(f"sqlite store {self.path}: schema version {version}, "
+                                 f"this postwarden knows {SCHEMA_VERSION}")
 
     async def greylist_attempt(self, triplet: Triplet, now: int,
                                timing: GreylistTiming) -> Attempt:
@@ -235,22 +297,52 @@ class SqliteStore:
         return await self._run(work)
 
     async def close(self) -> None:
-        def work(db: sqlite3.Connection) -> None:
-            db.close()
-        if self._db is not None:
-            await self._run(work)
-            self._db = None
-        self._executor.shutdown(wait=True)
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            self._jobs.put(None)
+            await asyncio.to_thread(thread.join)
+
+
+@dataclass(frozen=True)
+class _Job:
+    work: Callable[[sqlite3.Connection], Any]
+    future: asyncio.Future[Any]
+    loop: asyncio.AbstractEventLoop
+
+
+def _settle(future: asyncio.Future[Any], ok: bool, value: object) -> None:
+    if future.cancelled():
+        return  # the request gave up (its budget ran out); the write stands
+    if ok:
+        future.set_result(value)
+    else:
+        assert isinstance(value, BaseException)
+        future.set_exception(value)
+
+
+def _store_error(path: Path, exc: Exception) -> Exception:
+    """sqlite3's errors as StoreError; anything else (a bug) as it is."""
+    if isinstance(exc, sqlite3.Error):
+        return StoreError(f"sqlite store {path}: {exc}")
+    return exc
 
 
 class _transaction:
-    """``BEGIN IMMEDIATE`` ... ``COMMIT``, or ``ROLLBACK`` on any exception."""
+    """``BEGIN IMMEDIATE`` ... ``COMMIT`` (``ROLLBACK`` on any exception); inside an open
+    transaction a savepoint instead, so one job of a batch fails alone."""
 
     def __init__(self, db: sqlite3.Connection) -> None:
         self.db = db
+        self.nested = False
 
     def __enter__(self) -> None:
-        self.db.execute("BEGIN IMMEDIATE")
+        self.nested = self.db.in_transaction
+        self.db.execute("SAVEPOINT job" if self.nested else "BEGIN IMMEDIATE")
 
     def __exit__(self, kind: object, value: object, traceback: object) -> None:
-        self.db.execute("ROLLBACK" if kind is not None else "COMMIT")
+        if not self.nested:
+            self.db.execute("ROLLBACK" if kind is not None else "COMMIT")
+            return
+        if kind is not None:
+            self.db.execute("ROLLBACK TO job")
+        self.db.execute("RELEASE job")
