@@ -86,6 +86,9 @@ class RequestDecoder:
     def next_request(self) -> PolicyRequest | None:
         """The next complete request, or None when more bytes are needed."""
         self._check()
+        fast = self._whole_request()
+        if fast is not None:
+            return fast
         while True:
             end = self._buffer.find(b"\n")
             if end < 0:
@@ -102,6 +105,32 @@ class RequestDecoder:
             if not line:
                 return self._finish()
             self._attribute(line)
+
+    def _whole_request(self) -> PolicyRequest | None:
+        """The common case in one pass: a whole request of at most MAX_LINE bytes (so no
+        line can be too long) with LF line ends, no CR and no NUL, at the start of the
+        buffer. Anything else goes the line-by-line way, which names what is wrong."""
+        if self._lines:
+            return None
+        end = self._buffer.find(b"\n\n")
+        if end < 0 or end > MAX_LINE:
+            return None  # a long request: the line-by-line path checks each line
+        block = bytes(self._buffer[:end])
+        if b"\r" in block or b"\0" in block or not block:
+            return None  # the line-by-line path says what is wrong, or handles CR LF
+        lines = _text(block).split("\n")
+        if len(lines) > MAX_ATTRIBUTES:
+            return None
+        attributes: dict[str, str] = {}
+        for line in lines:
+            name, equals, value = line.partition("=")
+            if not equals or not name:
+                return None
+            attributes[name] = value  # a duplicate: the last one wins
+        if attributes.get("request") != REQUEST_NAME:
+            return None
+        del self._buffer[:end + 2]
+        return PolicyRequest(attributes)
 
     def _attribute(self, line: bytes) -> None:
         self._lines += 1
