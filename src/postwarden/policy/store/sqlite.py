@@ -129,8 +129,13 @@ class SqliteStore:
                         outcomes.append((False, _store_error(self.path, exc)))
         except Exception as exc:
             outcomes = [(False, _store_error(self.path, exc))] * len(batch)
+        # One wake-up of each event loop per batch, not one per job.
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], bool,
+                                                            object]]] = {}
         for job, (ok, value) in zip(batch, outcomes, strict=True):
-            job.loop.call_soon_threadsafe(_settle, job.future, ok, value)
+            by_loop.setdefault(job.loop, []).append((job.future, ok, value))
+        for loop, settled in by_loop.items():
+            loop.call_soon_threadsafe(_settle_all, settled)
 
     def _connect(self) -> sqlite3.Connection:
         parent = self.path.parent
@@ -310,14 +315,15 @@ class _Job:
     loop: asyncio.AbstractEventLoop
 
 
-def _settle(future: asyncio.Future[Any], ok: bool, value: object) -> None:
-    if future.cancelled():
-        return  # the request gave up (its budget ran out); the write stands
-    if ok:
-        future.set_result(value)
-    else:
-        assert isinstance(value, BaseException)
-        future.set_exception(value)
+def _settle_all(settled: list[tuple[asyncio.Future[Any], bool, object]]) -> None:
+    for future, ok, value in settled:
+        if future.cancelled():
+            continue  # the request gave up (its budget ran out); the write stands
+        if ok:
+            future.set_result(value)
+        else:
+            assert isinstance(value, BaseException)
+            future.set_exception(value)
 
 
 def _store_error(path: Path, exc: Exception) -> Exception:
