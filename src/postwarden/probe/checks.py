@@ -1,0 +1,311 @@
+"""The behavioural checks: each one a short SMTP conversation and a verdict on the replies.
+
+Security: every conversation is bounded (one connection per check, a fixed number of
+commands, the client's timeout on every read) and never delivers a message: relay tests
+stop at RCPT; a DATA that the server accepts where it should not is abandoned by closing
+the connection before the final dot, so the server discards it (RFC 5321 4.1.1.4).
+Standards: RFC 5321 (HELO/EHLO 4.1.1.1, VRFY/EXPN 3.5 and 7.3, RCPT 3.3, pipelining
+before the greeting 4.3.1), RFC 2920 (pipelining only after EHLO), RFC 3207 and
+CVE-2011-0411 (STARTTLS command injection), RFC 7672 / RFC 8314 (STARTTLS on port 25);
+Postfix's reply strings (probe-anchors 8.3).
+
+Theory of operation
+-------------------
+Checks that judge what the server does to strangers run from the outside vantage
+(``vantage.find_outside``); without one they are ``not-testable``, never a guess. The server's
+own name comes from its greeting; the recipient that must exist is ``postmaster`` there
+(RFC 5321 4.5.1). Each result carries the transcript lines that show the verdict.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from postwarden.audit.model import Severity
+from postwarden.errors import PostwardenError
+from postwarden.probe import smtp
+from postwarden.probe.client import SmtpClient, SmtpConnectionError
+from postwarden.probe.model import CheckResult, Verdict
+from postwarden.probe.vantage import (
+    FOREIGN_SENDER,
+    PROBE_HELO,
+    Vantage,
+    VantageReport,
+    relay_attempt,
+    session,
+)
+
+LEAKY_BANNER = re.compile(r"postfix|debian|ubuntu|red ?hat|centos|\d+\.\d+\.\d+", re.I)
+MAX_EVIDENCE = 24
+
+
+@dataclass
+class ProbeContext:
+    host: str
+    port: int
+    timeout: float
+    vantage: VantageReport
+    server_name: str = ""     # the first word of the greeting after the code
+
+    async def outside_session(self, helo: str = PROBE_HELO) -> SmtpClient | None:
+        if self.vantage.outside is None:
+            return None
+        return await session(self.host, self.port, self.vantage.outside,
+                             timeout=self.timeout, helo=helo)
+
+    async def plain(self, vantage: Vantage | None = None) -> SmtpClient:
+        """A connected client that has read the greeting and said nothing yet."""
+        source = (vantage or self.vantage.outside or Vantage(None)).source
+        client = SmtpClient(self.host, self.port, source=source, timeout=self.timeout)
+        await client.__aenter__()
+        return client
+
+    @property
+    def postmaster(self) -> str:
+        return f"postmaster@{self.server_name or self.host}"
+
+    def untestable(self, check: Check) -> CheckResult:
+        return check.result(Verdict.NOT_TESTABLE,
+                            "no vantage point the server treats as an outside client: "
+                            + self.vantage.reason, (), self.port)
+
+
+@dataclass(frozen=True)
+class Check:
+    id: str
+    title: str
+    severity: Severity
+    run: Callable[[ProbeContext], Awaitable[CheckResult]]
+
+    def result(self, verdict: Verdict, summary: str, evidence: tuple[str, ...] | list[str],
+               port: int | None, severity: Severity | None = None) -> CheckResult:
+        return CheckResult(self.id, self.title, verdict, severity or self.severity, summary,
+                           tuple(evidence)[-MAX_EVIDENCE:], port)
+
+
+CHECKS: list[Check] = []
+
+
+def check(id: str, title: str, severity: Severity,
+          ) -> Callable[[Callable[[ProbeContext], Awaitable[CheckResult]]],
+                        Callable[[ProbeContext], Awaitable[CheckResult]]]:
+    def register(run: Callable[[ProbeContext], Awaitable[CheckResult]],
+                 ) -> Callable[[ProbeContext], Awaitable[CheckResult]]:
+        CHECKS.append(Check(id, title, severity, run))
+        return run
+    return register
+
+
+def _this(id: str) -> Check:
+    return next(c for c in CHECKS if c.id == id)
+
+
+# The 16 address forms of nmap's smtp-open-relay (sender, recipient); S is the server's
+# name, I its address, D a foreign domain.
+def relay_forms(server: str, ip: str, domain: str = "example.net",
+                ) -> list[tuple[str, str]]:
+    to, frm = "relaytest", "antispam"
+    lit = f"[{ip}]"
+    return [
+        ("", f"{to}@{domain}"), (f"{frm}@{domain}", f"{to}@{domain}"),
+        (f"{frm}@{server}", f"{to}@{domain}"), (f"{frm}@{lit}", f"{to}@{domain}"),
+        (f"{frm}@{lit}", f"{to}%{domain}@{lit}"), (f"{frm}@{lit}", f"{to}%{domain}@{server}"),
+        (f"{frm}@{lit}", f'"{to}@{domain}"'), (f"{frm}@{lit}", f'"{to}%{domain}"'),
+        (f"{frm}@{lit}", f"{to}@{domain}@{lit}"), (f"{frm}@{lit}", f'"{to}@{domain}"@{lit}'),
+        (f"{frm}@{lit}", f"{to}@{domain}@{server}"), (f"{frm}@{lit}", f"@{lit}:{to}@{domain}"),
+        (f"{frm}@{lit}", f"@{server}:{to}@{domain}"), (f"{frm}@{lit}", f"{domain}!{to}"),
+        (f"{frm}@{lit}", f"{domain}!{to}@{lit}"), (f"{frm}@{lit}", f"{domain}!{to}@{server}"),
+    ]
+
+
+@check("PRB-RELAY", "Open relay: mail for foreign domains accepted from an outside client",
+       Severity.CRITICAL)
+async def open_relay(ctx: ProbeContext) -> CheckResult:
+    me = _this("PRB-RELAY")
+    if ctx.vantage.outside is None:
+        return ctx.untestable(me)
+    client = await ctx.outside_session()
+    assert client is not None
+    accepted = []
+    try:
+        for sender, recipient in relay_forms(ctx.server_name or ctx.host, ctx.host):
+            ok, reply = await relay_attempt(client, sender, recipient)
+            if ok:
+                accepted.append(f"MAIL FROM:<{sender}> RCPT TO:<{recipient}> -> {reply}")
+    finally:
+        await client.__aexit__(None, None, None)
+    if accepted:
+        return me.result(Verdict.FAIL, f"{len(accepted)} of 16 relay forms accepted from "
+                         f"{ctx.vantage.outside}", accepted, ctx.port)
+    return me.result(Verdict.PASS, f"all 16 relay forms refused from {ctx.vantage.outside}",
+                     client.transcript.lines()[-6:], ctx.port)
+
+
+@check("PRB-STARTTLS", "STARTTLS not offered", Severity.HIGH)
+async def starttls_offered(ctx: ProbeContext) -> CheckResult:
+    me = _this("PRB-STARTTLS")
+    async with SmtpClient(ctx.host, ctx.port, timeout=ctx.timeout) as client:
+        reply = await client.ehlo(PROBE_HELO)
+        offered = "STARTTLS" in client.extensions
+        evidence = client.transcript.lines()
+        if offered:
+            tls = await client.starttls()
+            evidence = client.transcript.lines()
+            if tls.code != 220 or client.tls is None:
+                return me.result(Verdict.FAIL, f"STARTTLS offered but refused: {tls}",
+                                 evidence, ctx.port)
+            return me.result(Verdict.PASS, f"STARTTLS works ({client.tls.version})",
+                             evidence, ctx.port)
+    del reply
+    return me.result(Verdict.FAIL, "EHLO does not offer STARTTLS: mail to this server "
+                     "crosses the network in clear", evidence, ctx.port)
+
+
+@check("PRB-VRFY", "VRFY or EXPN tell which addresses exist", Severity.LOW)
+async def vrfy_expn(ctx: ProbeContext) -> CheckResult:
+    me = _this("PRB-VRFY")
+    async with SmtpClient(ctx.host, ctx.port, timeout=ctx.timeout) as client:
+        await client.ehlo(PROBE_HELO)
+        vrfy = await client.cmd("VRFY", "postmaster")
+        expn = await client.cmd("EXPN", "postmaster")
+        evidence = client.transcript.lines()[-4:]
+    open_ = [f"{verb} answered {reply.code}" for verb, reply in (("VRFY", vrfy), ("EXPN", expn))
+             if reply.code in (250, 251, 252)]
+    if open_:
+        return me.result(Verdict.FAIL, "; ".join(open_), evidence, ctx.port)
+    return me.result(Verdict.PASS, f"VRFY {vrfy.code}, EXPN {expn.code}", evidence, ctx.port)
+
+
+@check("PRB-BANNER", "Greeting names the software, system or version", Severity.LOW)
+async def banner_leak(ctx: ProbeContext) -> CheckResult:
+    me = _this("PRB-BANNER")
+    async with SmtpClient(ctx.host, ctx.port, timeout=ctx.timeout) as client:
+        banner = client.banner
+        evidence = client.transcript.lines()[:2]
+    found = LEAKY_BANNER.findall(banner.text)
+    if found:
+        return me.result(Verdict.WARN, f"the greeting shows {', '.join(sorted(set(found)))}",
+                         evidence, ctx.port)
+    return me.result(Verdict.PASS, "the greeting names only the host", evidence, ctx.port)
+
+
+@check("PRB-HELO-REQUIRED", "Mail accepted without HELO or EHLO", Severity.LOW)
+async def helo_required(ctx: ProbeContext) -> CheckResult:
+    me = _this("PRB-HELO-REQUIRED")
+    if ctx.vantage.outside is None:
+        return ctx.untestable(me)
+    client = await ctx.plain()
+    try:
+        if ctx.vantage.outside.xclient is not None:
+            await client.ehlo(PROBE_HELO)
+            await client.xclient(ADDR=ctx.vantage.outside.xclient, NAME="[UNAVAILABLE]",
+                                 HELO="[UNAVAILABLE]")
+        mail = await client.mail(FOREIGN_SENDER)
+        evidence = client.transcript.lines()[-2:]
+    finally:
+        await client.__aexit__(None, None, None)
+    if mail.positive:
+        return me.result(Verdict.FAIL, f"MAIL before HELO got {mail.code}", evidence, ctx.port)
+    return me.result(Verdict.PASS, f"MAIL before HELO refused ({mail.code})", evidence,
+                     ctx.port)
+
+
+async def _restricted(ctx: ProbeContext, me: Check, helo: str, sender: str,
+                      recipient: str, what: str) -> CheckResult:
+    """Drive a transaction to RCPT (smtpd_delay_reject holds verdicts until then)."""
+    client = await ctx.outside_session(helo)
+    if client is None:
+        return ctx.untestable(me)
+    try:
+        await client.cmd("RSET")
+        mail = await client.mail(sender)
+        rcpt = await client.rcpt(recipient) if mail.positive else mail
+        evidence = client.transcript.lines()[-3:]
+    finally:
+        await client.__aexit__(None, None, None)
+    if rcpt.code in (250, 251):
+        return me.result(Verdict.FAIL, f"{what} accepted at RCPT", evidence, ctx.port)
+    return me.result(Verdict.PASS, f"{what} refused ({rcpt.code})", evidence, ctx.port)
+
+
+@check("PRB-HELO-FQDN", "Non-FQDN HELO name accepted", Severity.LOW)
+async def helo_fqdn(ctx: ProbeContext) -> CheckResult:
+    return await _restricted(ctx, _this("PRB-HELO-FQDN"), "nodots", FOREIGN_SENDER,
+                             ctx.postmaster, "HELO nodots")
+
+
+@check("PRB-SENDER-FQDN", "Non-FQDN sender address accepted", Severity.LOW)
+async def sender_fqdn(ctx: ProbeContext) -> CheckResult:
+    return await _restricted(ctx, _this("PRB-SENDER-FQDN"), PROBE_HELO, "probe@nodots",
+                             ctx.postmaster, "MAIL FROM:<probe@nodots>")
+
+
+@check("PRB-RCPT-UNKNOWN", "Unknown local recipient accepted (backscatter)", Severity.MEDIUM)
+async def unknown_recipient(ctx: ProbeContext) -> CheckResult:
+    host = ctx.server_name or ctx.host
+    return await _restricted(ctx, _this("PRB-RCPT-UNKNOWN"), PROBE_HELO, FOREIGN_SENDER,
+                             f"no-such-user-7f3a9c@{host}",
+                             f"RCPT TO:<no-such-user-7f3a9c@{host}>")
+
+
+@check("PRB-PIPELINING", "Commands pipelined without EHLO accepted", Severity.LOW)
+async def unauthorised_pipelining(ctx: ProbeContext) -> CheckResult:
+    me = _this("PRB-PIPELINING")
+    if ctx.vantage.outside is None:
+        return ctx.untestable(me)
+    client = await ctx.plain()
+    try:
+        if ctx.vantage.outside.xclient is not None:
+            await client.ehlo(PROBE_HELO)
+            await client.xclient(ADDR=ctx.vantage.outside.xclient, NAME="[UNAVAILABLE]")
+        # RFC 2920: pipelining needs EHLO; after HELO every command must wait its reply.
+        await client.send_raw(b"HELO " + PROBE_HELO.encode() + b"\r\n"
+                              + smtp.command("MAIL", f"FROM:<{FOREIGN_SENDER}>")
+                              + smtp.command("RCPT", f"TO:<{ctx.postmaster}>")
+                              + smtp.command("DATA"))
+        replies: list[smtp.Reply] = []
+        closed = False
+        try:
+            while len(replies) < 4:
+                replies.append(await client.read_reply())
+        except SmtpConnectionError:
+            closed = True  # Postfix 3.7.6+ hangs up on unauthorised pipelining
+        evidence = client.transcript.lines()[-5:]
+    finally:
+        await client.__aexit__(None, None, None)  # a 354 is abandoned: nothing is sent
+    if any(r.code == 354 for r in replies):
+        return me.result(Verdict.FAIL, "DATA pipelined after HELO got 354", evidence,
+                         ctx.port)
+    how = "the server closed the connection" if closed else (
+        f"DATA got {replies[-1].code}" if replies else "no reply")
+    return me.result(Verdict.PASS, f"pipelined commands refused ({how})", evidence,
+                     ctx.port)
+
+
+@check("PRB-STARTTLS-INJECTION", "STARTTLS command injection (CVE-2011-0411 class)",
+       Severity.HIGH)
+async def starttls_injection(ctx: ProbeContext) -> CheckResult:
+    me = _this("PRB-STARTTLS-INJECTION")
+    async with SmtpClient(ctx.host, ctx.port, timeout=ctx.timeout) as client:
+        await client.ehlo(PROBE_HELO)
+        if "STARTTLS" not in client.extensions:
+            return me.result(Verdict.NOT_TESTABLE, "STARTTLS is not offered",
+                             client.transcript.lines()[-2:], ctx.port)
+        # The plaintext RSET after STARTTLS must be thrown away, not answered inside TLS.
+        await client.send_raw(b"STARTTLS\r\nRSET\r\n")
+        reply = await client.read_reply()
+        if reply.code != 220:
+            return me.result(Verdict.NOT_TESTABLE, f"STARTTLS refused: {reply}",
+                             client.transcript.lines()[-2:], ctx.port)
+        await client.upgrade()
+        try:
+            injected = await client.read_reply(timeout=min(1.0, ctx.timeout))
+        except PostwardenError:
+            injected = None
+        evidence = client.transcript.lines()[-4:]
+    if injected is not None:
+        return me.result(Verdict.FAIL, f"the server answered the injected RSET inside TLS "
+                         f"({injected.code})", evidence, ctx.port)
+    return me.result(Verdict.PASS, "the injected RSET was discarded", evidence, ctx.port)

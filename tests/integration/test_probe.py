@@ -1,0 +1,113 @@
+"""postwarden probe against real Postfix instances, one weak and one hardened.
+
+Every check's verdict on each is pinned in ``EXPECTED``. The weak instance trusts the whole
+internet (mynetworks 0.0.0.0/0) and authorises XCLIENT for the prober, so the probe's
+outside vantage is an RFC 5737 address announced with XCLIENT. The hardened one trusts
+only its own address, so the probe finds 127.0.0.2 as an outside client by itself.
+
+Security: instances on 127.0.0.x only; nothing is delivered (relay tests stop at RCPT).
+Standards: see postwarden.probe.checks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from postwarden.lab.certs import self_signed
+from postwarden.postfix.instance import TEST_HOSTNAME, PostfixInstance
+from postwarden.probe import runner
+from postwarden.probe.model import Verdict
+
+NewRoot = Callable[[], Path]
+P, F, W, N = Verdict.PASS, Verdict.FAIL, Verdict.WARN, Verdict.NOT_TESTABLE
+
+# Mail for other domains is "delivered" by discarding it, so that relaying shows as 250
+# (the instance's default error transport would refuse it at RCPT) and nothing leaves.
+NOWHERE = {"default_transport": "discard:probe test", "relay_transport": "discard:probe test"}
+WEAK = {
+    **NOWHERE,
+    "mynetworks": "0.0.0.0/0",
+    "smtpd_authorized_xclient_hosts": "127.0.0.1",
+    "smtpd_tls_security_level": "none",
+    "disable_vrfy_command": "no",
+    "smtpd_banner": "$myhostname ESMTP $mail_name $mail_version",
+    "local_recipient_maps": "",
+}
+HARDENED = {
+    **NOWHERE,
+    "smtpd_helo_required": "yes",
+    "disable_vrfy_command": "yes",
+    "smtpd_banner": "$myhostname ESMTP",
+    "smtpd_tls_security_level": "may",
+    "smtpd_forbid_unauth_pipelining": "yes",
+    "smtpd_relay_restrictions": "permit_mynetworks, reject_unauth_destination",
+    "smtpd_recipient_restrictions": "reject_non_fqdn_helo_hostname, "
+                                    "reject_invalid_helo_hostname, reject_non_fqdn_sender",
+}
+EXPECTED = {
+    "PRB-RELAY": (F, P),
+    "PRB-STARTTLS": (F, P),
+    "PRB-VRFY": (F, P),
+    "PRB-BANNER": (W, P),
+    "PRB-HELO-REQUIRED": (F, P),
+    "PRB-HELO-FQDN": (F, P),
+    "PRB-SENDER-FQDN": (F, P),
+    "PRB-RCPT-UNKNOWN": (F, P),
+    "PRB-PIPELINING": (F, P),
+    "PRB-STARTTLS-INJECTION": (N, P),
+}
+
+
+@pytest.mark.postfix
+def test_weak_and_hardened_verdicts(new_root: NewRoot) -> None:
+    cert, key = self_signed(new_root(), TEST_HOSTNAME)
+    weak = PostfixInstance(new_root(), address="127.0.0.1", main_cf=WEAK)
+    hard = PostfixInstance(new_root(), address="127.0.0.1", main_cf={
+        **HARDENED, "smtpd_tls_cert_file": str(cert), "smtpd_tls_key_file": str(key)})
+    verdicts = {}
+    with weak, hard:
+        for name, pf in (("weak", weak), ("hardened", hard)):
+            started = time.monotonic()
+            report = asyncio.run(runner.run(pf.address, pf.port, timeout=10))
+            assert time.monotonic() - started < 15, f"{name} probe took too long"
+            verdicts[name] = {r.id: r.verdict for r in report.results}
+            for r in report.results:
+                assert r.evidence or r.verdict is N, (name, r)
+    table = {check: (verdicts["weak"][check], verdicts["hardened"][check])
+             for check in EXPECTED}
+    assert table == EXPECTED
+
+
+@pytest.mark.postfix
+def test_trusted_vantage_is_not_testable(new_root: NewRoot) -> None:
+    """Every address the probe can take is trusted and XCLIENT is not offered: the relay
+    verdict must be not-testable, never a fail (nmap's 16/16 'open relay' from loopback)."""
+    pf = PostfixInstance(new_root(), main_cf={**NOWHERE, "mynetworks": "127.0.0.0/8"})
+    with pf:
+        report = asyncio.run(runner.run(pf.address, pf.port, timeout=10,
+                                        only=["PRB-RELAY"]))
+    (relay,) = report.results
+    assert relay.verdict is N and "relayed" in relay.summary
+
+
+@pytest.mark.postfix
+def test_command_json_and_exit_code(new_root: NewRoot) -> None:
+    pf = PostfixInstance(new_root(), main_cf=WEAK)
+    with pf:
+        result = subprocess.run([sys.executable, "-m", "postwarden", "probe",
+                                 f"{pf.address}:{pf.port}", "--format", "json",
+                                 "--only", "PRB-RELAY", "--only", "PRB-VRFY"],
+                                capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1, result.stderr   # an open relay is critical
+    data = json.loads(result.stdout)
+    assert [c["id"] for c in data["checks"]] == ["PRB-RELAY", "PRB-VRFY"]
+    assert {"id", "title", "verdict", "severity", "evidence"} <= set(data["checks"][0])
+    assert data["checks"][0]["verdict"] == "fail"
