@@ -26,7 +26,7 @@ def to_text(report: ProbeReport) -> str:
             out += [f"        {clip(line, 200)}" for line in r.evidence]
     counts = {v: sum(1 for r in report.results if r.verdict is v) for v in Verdict}
     out += ["", ", ".join(f"{n} {v.value}" for v, n in counts.items())
-            + f"; {report.seconds:.1f} s"]
+            + f"; {report.seconds:.2f} s"]
     return "\n".join(out)
 
 
