@@ -487,6 +487,9 @@ def _add_probe(commands: argparse._SubParsersAction[_Parser]) -> None:
                      help="exit 1 when a failed check is at least this severe (default high)")
     pro.add_argument("--only", action="append", metavar="ID", help="run only this check")
     pro.add_argument("--skip", action="append", metavar="ID", help="do not run this check")
+    pro.add_argument("--submission", action=argparse.BooleanOptionalAction, default=None,
+                     help="judge the port as a submission port (stricter TLS and AUTH); "
+                          "default: by number, 587 and 465 are")
     pro.add_argument("--list", action="store_true", help="list the checks and exit")
     pro.set_defaults(handler=_probe)
 
@@ -508,7 +511,8 @@ def _probe(args: argparse.Namespace) -> int:
     if not 0 < args.timeout <= 300:
         raise UsageError("probe: --timeout must be more than 0 and at most 300 seconds")
     result = asyncio.run(runner.run(host, port, source=args.source, timeout=args.timeout,
-                                    only=args.only, skip=args.skip))
+                                    only=args.only, skip=args.skip,
+                                    submission=args.submission))
     print(report.to_json(result) if args.format == "json" else report.to_text(result))
     threshold = Severity(args.fail_on).rank
     failed = [r for r in result.results

@@ -48,6 +48,8 @@ class ProbeContext:
     timeout: float
     vantage: VantageReport
     server_name: str = ""     # the first word of the greeting after the code
+    # Ports judged as submission (clients log in; stricter TLS); others as an MX port.
+    submission_ports: frozenset[int] = frozenset({587, 465})
 
     async def outside_session(self, helo: str = PROBE_HELO) -> SmtpClient | None:
         if self.vantage.outside is None:

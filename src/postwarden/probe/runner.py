@@ -56,7 +56,10 @@ def select(only: list[str] | None, skip: list[str] | None) -> list[Check]:
 
 
 async def run(host: str, port: int, *, source: str | None = None, timeout: float = 10.0,
-              only: list[str] | None = None, skip: list[str] | None = None) -> ProbeReport:
+              only: list[str] | None = None, skip: list[str] | None = None,
+              submission: bool | None = None) -> ProbeReport:
+    """Probe host:port. ``submission`` judges the port as a submission port (True), as an
+    MX port (False), or by its number (None: 587 and 465 are submission)."""
     chosen = select(only, skip)
     started = time.monotonic()
     try:
@@ -67,6 +70,8 @@ async def run(host: str, port: int, *, source: str | None = None, timeout: float
     words = greeting.split()
     ctx = ProbeContext(host, port, timeout, VantageReport(None),
                        server_name=words[1] if len(words) > 1 else host)
+    if submission is not None:
+        ctx.submission_ports = frozenset({port}) if submission else frozenset()
     ctx.vantage = await find_outside(host, port, source, timeout=timeout)
     results: list[CheckResult] = []
     for check in chosen:
