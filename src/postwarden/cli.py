@@ -500,11 +500,10 @@ def _probe(args: argparse.Namespace) -> int:
 
     from postwarden.audit.model import Severity
     from postwarden.probe import report, runner
-    from postwarden.probe.checks import CHECKS
     from postwarden.probe.model import Verdict
 
     if args.list:
-        for c in CHECKS:
+        for c in runner.select(None, None):
             print(f"{c.id:24} {c.severity.value:8} {c.title}")
         return EXIT_OK
     host, port = runner.parse_target(args.target)

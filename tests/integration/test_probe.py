@@ -51,6 +51,9 @@ HARDENED = {
     "smtpd_relay_restrictions": "permit_mynetworks, reject_unauth_destination",
     "smtpd_recipient_restrictions": "reject_non_fqdn_helo_hostname, "
                                     "reject_invalid_helo_hostname, reject_non_fqdn_sender",
+    "smtpd_forbid_bare_newline": "yes",
+    "smtpd_sender_restrictions":
+        "permit_mynetworks, check_sender_access inline:{ postwarden-test.localdomain=REJECT }",
 }
 EXPECTED = {
     "PRB-RELAY": (F, P),
@@ -63,6 +66,14 @@ EXPECTED = {
     "PRB-RCPT-UNKNOWN": (F, P),
     "PRB-PIPELINING": (F, P),
     "PRB-STARTTLS-INJECTION": (N, P),
+    "PRB-TLS-VERSIONS": (N, W),        # the hardened MX still takes TLS 1.0 (opportunistic)
+    "PRB-CERT": (N, W),                # self-signed: a warning on an MX port
+    "PRB-AUTH-PLAINTEXT": (P, P),      # no SASL on either
+    "PRB-OWN-DOMAIN-SENDER": (W, P),
+    "PRB-SMUGGLING": (F, P),
+    "PRB-GREYLIST": (W, W),            # pinned with a simulated greylister in test_probe_abuse
+    "PRB-RATE-MESSAGES": (W, W),       # rate limits: test_probe_abuse (they would stop the rest)
+    "PRB-RATE-CONNECTIONS": (N, W),    # counted before XCLIENT: needs --source
 }
 
 

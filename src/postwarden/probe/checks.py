@@ -50,6 +50,7 @@ class ProbeContext:
     server_name: str = ""     # the first word of the greeting after the code
     # Ports judged as submission (clients log in; stricter TLS); others as an MX port.
     submission_ports: frozenset[int] = frozenset({587, 465})
+    implicit_tls_ports: frozenset[int] = frozenset({465})  # TLS from the first byte
 
     async def outside_session(self, helo: str = PROBE_HELO) -> SmtpClient | None:
         if self.vantage.outside is None:

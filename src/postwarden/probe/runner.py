@@ -13,12 +13,16 @@ import time
 from dataclasses import dataclass
 
 from postwarden.errors import PostwardenError, UsageError
+from postwarden.probe import abuse, tlschecks  # noqa: F401 - they register their checks
 from postwarden.probe.checks import CHECKS, Check, ProbeContext
 from postwarden.probe.client import SmtpClient
 from postwarden.probe.model import CheckResult, Verdict
 from postwarden.probe.vantage import VantageReport, find_outside
 
 RUN_BUDGET = 60.0  # seconds for the whole probe
+# Run last, in this order: once a rate limit fires, the server refuses the prober's
+# address for a while, and every check after it would see only that.
+LAST = ("PRB-RATE-MESSAGES", "PRB-RATE-CONNECTIONS")
 DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 25
 
 
@@ -52,7 +56,8 @@ def select(only: list[str] | None, skip: list[str] | None) -> list[Check]:
     for name in [*(only or []), *(skip or [])]:
         if name not in ids:
             raise UsageError(f"probe: unknown check {name!r} (see probe --list)")
-    return [c for c in CHECKS if (not only or c.id in only) and c.id not in (skip or [])]
+    chosen = [c for c in CHECKS if (not only or c.id in only) and c.id not in (skip or [])]
+    return sorted(chosen, key=lambda c: LAST.index(c.id) + 1 if c.id in LAST else 0)
 
 
 async def run(host: str, port: int, *, source: str | None = None, timeout: float = 10.0,
