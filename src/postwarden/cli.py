@@ -490,6 +490,12 @@ def _add_probe(commands: argparse._SubParsersAction[_Parser]) -> None:
     pro.add_argument("--submission", action=argparse.BooleanOptionalAction, default=None,
                      help="judge the port as a submission port (stricter TLS and AUTH); "
                           "default: by number, 587 and 465 are")
+    pro.add_argument("--submission-port", type=int, action="append", default=[],
+                     metavar="PORT", help="the server's submission port (STARTTLS) for the "
+                                          "relay test (default with port 25: 587)")
+    pro.add_argument("--submissions-port", type=int, action="append", default=[],
+                     metavar="PORT", help="the server's implicit-TLS submission port for "
+                                          "the relay test (default with port 25: 465)")
     pro.add_argument("--list", action="store_true", help="list the checks and exit")
     pro.set_defaults(handler=_probe)
 
@@ -509,9 +515,11 @@ def _probe(args: argparse.Namespace) -> int:
     host, port = runner.parse_target(args.target)
     if not 0 < args.timeout <= 300:
         raise UsageError("probe: --timeout must be more than 0 and at most 300 seconds")
+    also = ([(p, "submission") for p in args.submission_port]
+            + [(p, "submissions") for p in args.submissions_port]) or None
     result = asyncio.run(runner.run(host, port, source=args.source, timeout=args.timeout,
                                     only=args.only, skip=args.skip,
-                                    submission=args.submission))
+                                    submission=args.submission, also=also))
     print(report.to_json(result) if args.format == "json" else report.to_text(result))
     threshold = Severity(args.fail_on).rank
     failed = [r for r in result.results

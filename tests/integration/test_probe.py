@@ -122,3 +122,46 @@ def test_command_json_and_exit_code(new_root: NewRoot) -> None:
     assert [c["id"] for c in data["checks"]] == ["PRB-RELAY", "PRB-VRFY"]
     assert {"id", "title", "verdict", "severity", "evidence"} <= set(data["checks"][0])
     assert data["checks"][0]["verdict"] == "fail"
+
+
+@pytest.mark.postfix
+def test_harden_output_on_all_three_ports(new_root: NewRoot) -> None:
+    """Debian's default hardened by ``postwarden harden`` for mx and submission, run as it
+    is; relaying refused on 25 and 587, in clear and after STARTTLS, and on 465."""
+    from postwarden.lab.dovecot import DovecotAuth
+    from tests.integration.test_harden import harden_debian
+
+    etc, _ = harden_debian(new_root(), "mx,submission")
+    pf = PostfixInstance.adopt(new_root(), (etc / "main.cf").read_text(),
+                               (etc / "master.cf").read_text(), extra_main_cf={
+                                   **NOWHERE, "smtpd_authorized_xclient_hosts": "127.0.0.1"})
+    also = [(pf.ports["submission"], "submission"), (pf.ports["submissions"], "submissions")]
+    with pf, DovecotAuth(new_root(), pf.queue_directory / "private" / "auth", {"u": "p"}):
+        started = time.monotonic()
+        report = asyncio.run(runner.run(pf.address, pf.port, timeout=10, also=also))
+        seconds = time.monotonic() - started
+    verdicts = {r.id: r.verdict for r in report.results}
+    relay = next(r for r in report.results if r.id == "PRB-RELAY")
+    assert relay.verdict is P, relay
+    for channel in (f"port {pf.port}", f"port {pf.port} (starttls)",
+                    f"port {also[0][0]} (starttls)", f"port {also[1][0]} (implicit)"):
+        assert channel in relay.summary, relay.summary
+    assert seconds < 15
+    assert verdicts == HARDEN_OUTPUT, verdicts
+
+
+# Without DNS (these machines have none), reject_unknown_sender_domain answers 450 for the
+# probe's foreign sender: a refusal, but no greylisting and no smuggling test to run.
+HARDEN_OUTPUT: dict[str, Verdict] = {
+    "PRB-RELAY": P, "PRB-STARTTLS": P, "PRB-VRFY": P, "PRB-BANNER": P,
+    "PRB-HELO-REQUIRED": P, "PRB-HELO-FQDN": P, "PRB-SENDER-FQDN": P,
+    "PRB-RCPT-UNKNOWN": P, "PRB-PIPELINING": P, "PRB-STARTTLS-INJECTION": P,
+    "PRB-OWN-DOMAIN-SENDER": W,   # harden leaves this to SPF/DMARC and the operator's maps
+    "PRB-SMUGGLING": N,           # the transaction is deferred (no DNS) before DATA
+    "PRB-GREYLIST": N,            # a 450 for DNS, not greylisting
+    "PRB-TLS-VERSIONS": W,        # TLS 1.0/1.1 on the MX port: opportunistic TLS keeps them
+    "PRB-CERT": W,                # the test certificate is self-signed
+    "PRB-AUTH-PLAINTEXT": P,
+    "PRB-RATE-MESSAGES": W,       # harden sets a connection rate, no message rate
+    "PRB-RATE-CONNECTIONS": N,    # XCLIENT vantage: connections count as the prober's
+}

@@ -62,6 +62,7 @@ Theory of operation
 
 from __future__ import annotations
 
+import re
 import secrets
 import time
 
@@ -84,6 +85,9 @@ XCLIENT_NO_RATE = ("the outside vantage is an XCLIENT identity, and XCLIENT cann
                    "use --source with an outside address")
 
 CHECK_ADDRESS = "probe-{}@example.com"   # RFC 2606: a domain that is never a real sender
+
+# Words greylisters put in their 4xx (postgrey, postwarden, rspamd, sqlgrey, milter-greylist).
+GREYLIST_WORDS = re.compile(r"gr[ae]y|try again later|temporar(il)?y (deferred|delayed)", re.I)
 
 
 async def _close(client: SmtpClient) -> None:
@@ -211,8 +215,13 @@ async def greylist(ctx: ProbeContext) -> CheckResult:
     if rcpt is None:
         return me.result(Verdict.NOT_TESTABLE, f"MAIL refused ({mail.code})", evidence,
                          ctx.port)
-    if rcpt.is_transient:
+    if rcpt.is_transient and GREYLIST_WORDS.search(rcpt.text):
         return me.result(Verdict.PASS, f"greylisting answers {rcpt.code} to a new triplet",
+                         evidence, ctx.port)
+    if rcpt.is_transient:
+        # A 4xx for another reason (a DNS lookup that failed, a policy service down) says
+        # nothing about greylisting.
+        return me.result(Verdict.NOT_TESTABLE, f"RCPT deferred ({rcpt}), not as greylisting",
                          evidence, ctx.port)
     if rcpt.code in (250, 251):
         return me.result(Verdict.WARN, "no greylisting: a new triplet is accepted at once",

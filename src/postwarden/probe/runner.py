@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from postwarden.errors import PostwardenError, UsageError
@@ -24,6 +25,8 @@ RUN_BUDGET = 60.0  # seconds for the whole probe
 # address for a while, and every check after it would see only that.
 LAST = ("PRB-RATE-MESSAGES", "PRB-RATE-CONNECTIONS")
 DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 25
+SUBMISSIONS_PORT = 465
+DEFAULT_ALSO = ((587, "submission"), (SUBMISSIONS_PORT, "submissions"))
 
 
 @dataclass(frozen=True)
@@ -62,9 +65,12 @@ def select(only: list[str] | None, skip: list[str] | None) -> list[Check]:
 
 async def run(host: str, port: int, *, source: str | None = None, timeout: float = 10.0,
               only: list[str] | None = None, skip: list[str] | None = None,
-              submission: bool | None = None) -> ProbeReport:
+              submission: bool | None = None,
+              also: Sequence[tuple[int, str]] | None = None) -> ProbeReport:
     """Probe host:port. ``submission`` judges the port as a submission port (True), as an
-    MX port (False), or by its number (None: 587 and 465 are submission)."""
+    MX port (False), or by its number (None: 587 and 465 are submission). ``also`` names
+    more ports of the server for the relay test, as (port, "submission") (STARTTLS) or
+    (port, "submissions") (implicit TLS); by default, with port 25: 587 and 465."""
     chosen = select(only, skip)
     started = time.monotonic()
     try:
@@ -77,6 +83,13 @@ async def run(host: str, port: int, *, source: str | None = None, timeout: float
                        server_name=words[1] if len(words) > 1 else host)
     if submission is not None:
         ctx.submission_ports = frozenset({port}) if submission else frozenset()
+    if also is None:
+        also = DEFAULT_ALSO if port == DEFAULT_PORT else ()
+    ctx.other_ports = tuple(p for p, _ in also if p != port)
+    ctx.submission_ports |= {p for p, _ in also}
+    ctx.implicit_tls_ports = frozenset(
+        {p for p, kind in also if kind == "submissions"}
+        | ({port} if port == SUBMISSIONS_PORT and submission is not False else set()))
     ctx.vantage = await find_outside(host, port, source, timeout=timeout)
     results: list[CheckResult] = []
     for check in chosen:

@@ -65,12 +65,20 @@ class VantageReport:
 
 
 async def session(host: str, port: int, vantage: Vantage, *, timeout: float,
-                  helo: str = PROBE_HELO) -> SmtpClient:
-    """A connected client that has said EHLO as ``vantage`` (XCLIENT done if asked)."""
-    client = SmtpClient(host, port, source=vantage.source, timeout=timeout)
+                  helo: str = PROBE_HELO, implicit_tls: bool = False,
+                  starttls: bool = False) -> SmtpClient:
+    """A connected client that has said EHLO as ``vantage`` (XCLIENT done if asked),
+    over implicit TLS or after STARTTLS when asked."""
+    client = SmtpClient(host, port, source=vantage.source, timeout=timeout,
+                        implicit_tls=implicit_tls)
     await client.__aenter__()
     try:
         await client.ehlo(helo)
+        if starttls:
+            reply = await client.starttls()
+            if reply.code != 220:
+                raise PostwardenError(f"STARTTLS refused: {reply}")
+            await client.ehlo(helo)
         if vantage.xclient is not None:
             reply = await client.xclient(ADDR=vantage.xclient, NAME="[UNAVAILABLE]")
             if reply.code != 220:
