@@ -53,7 +53,8 @@ HARDENED = {
                                     "reject_invalid_helo_hostname, reject_non_fqdn_sender",
     "smtpd_forbid_bare_newline": "yes",
     "smtpd_sender_restrictions":
-        "permit_mynetworks, check_sender_access inline:{ postwarden-test.localdomain=REJECT }",
+        "permit_mynetworks, check_sender_access inline:{ postwarden-test.localdomain=REJECT }, "
+        "reject_unknown_sender_domain",
 }
 EXPECTED = {
     "PRB-RELAY": (F, P),
@@ -62,6 +63,7 @@ EXPECTED = {
     "PRB-BANNER": (W, P),
     "PRB-HELO-REQUIRED": (F, P),
     "PRB-HELO-FQDN": (F, P),
+    "PRB-SENDER-DOMAIN": (F, P),
     "PRB-SENDER-FQDN": (F, P),
     "PRB-RCPT-UNKNOWN": (F, P),
     "PRB-PIPELINING": (F, P),
@@ -70,8 +72,11 @@ EXPECTED = {
     "PRB-CERT": (N, W),                # self-signed: a warning on an MX port
     "PRB-AUTH-PLAINTEXT": (P, P),      # no SASL on either
     "PRB-OWN-DOMAIN-SENDER": (W, P),
-    "PRB-SMUGGLING": (F, P),
-    "PRB-GREYLIST": (W, W),            # pinned with a simulated greylister in test_probe_abuse
+    # Without DNS, reject_unknown_sender_domain defers the probe's example.com sender: the
+    # smuggling and greylisting checks then have no transaction to judge (pinned with
+    # instances made for them in test_probe_abuse).
+    "PRB-SMUGGLING": (F, N),
+    "PRB-GREYLIST": (W, N),
     "PRB-RATE-MESSAGES": (W, W),       # rate limits: test_probe_abuse (they would stop the rest)
     "PRB-RATE-CONNECTIONS": (N, W),    # counted before XCLIENT: needs --source
 }
@@ -155,6 +160,7 @@ def test_harden_output_on_all_three_ports(new_root: NewRoot) -> None:
 HARDEN_OUTPUT: dict[str, Verdict] = {
     "PRB-RELAY": P, "PRB-STARTTLS": P, "PRB-VRFY": P, "PRB-BANNER": P,
     "PRB-HELO-REQUIRED": P, "PRB-HELO-FQDN": P, "PRB-SENDER-FQDN": P,
+    "PRB-SENDER-DOMAIN": P,
     "PRB-RCPT-UNKNOWN": P, "PRB-PIPELINING": P, "PRB-STARTTLS-INJECTION": P,
     "PRB-OWN-DOMAIN-SENDER": W,   # harden leaves this to SPF/DMARC and the operator's maps
     "PRB-SMUGGLING": N,           # the transaction is deferred (no DNS) before DATA

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -39,6 +40,8 @@ from postwarden.probe.vantage import (
     session,
 )
 
+# A name without a dot, and a name with an empty label (not a host name: RFC 1123 2.1).
+BAD_HELOS = ("nodots", "bad..example")
 FORMS_PER_SESSION = 6   # relay forms per connection (below smtpd_soft_error_limit)
 LEAKY_BANNER = re.compile(r"postfix|debian|ubuntu|red ?hat|centos|\d+\.\d+\.\d+", re.I)
 MAX_EVIDENCE = 24
@@ -316,10 +319,25 @@ async def _restricted(ctx: ProbeContext, me: Check, helo: str, sender: str,
     return me.result(Verdict.PASS, f"{what} refused ({rcpt.code})", evidence, ctx.port)
 
 
-@check("PRB-HELO-FQDN", "Non-FQDN HELO name accepted", Severity.LOW)
+@check("PRB-HELO-FQDN", "Invalid or non-FQDN HELO name accepted", Severity.LOW)
 async def helo_fqdn(ctx: ProbeContext) -> CheckResult:
-    return await _restricted(ctx, _this("PRB-HELO-FQDN"), "nodots", FOREIGN_SENDER,
-                             ctx.postmaster, "HELO nodots")
+    """Two sessions: a name without a dot, and one that is not a host name at all."""
+    me = _this("PRB-HELO-FQDN")
+    results = [await _restricted(ctx, me, helo, FOREIGN_SENDER, ctx.postmaster,
+                                 f"HELO {helo}") for helo in BAD_HELOS]
+    worst = next((r for r in results if r.verdict is not Verdict.PASS), None)
+    if worst is not None:
+        return worst
+    return me.result(Verdict.PASS, "; ".join(r.summary for r in results),
+                     [line for r in results for line in r.evidence], ctx.port)
+
+
+@check("PRB-SENDER-DOMAIN", "Sender in a domain that does not exist accepted",
+       Severity.LOW)
+async def sender_domain(ctx: ProbeContext) -> CheckResult:
+    sender = f"probe@no-such-domain-{secrets.token_hex(4)}.invalid"  # RFC 6761: never exists
+    return await _restricted(ctx, _this("PRB-SENDER-DOMAIN"), PROBE_HELO, sender,
+                             ctx.postmaster, f"MAIL FROM:<{sender}>")
 
 
 @check("PRB-SENDER-FQDN", "Non-FQDN sender address accepted", Severity.LOW)
