@@ -72,6 +72,21 @@ class ProbeContext:
         await client.__aenter__()
         return client
 
+    async def outside_unintroduced(self) -> SmtpClient | None:
+        """An outside client that has not said HELO (after XCLIENT, HELO is reset)."""
+        if self.vantage.outside is None:
+            return None
+        client = await self.plain()
+        try:
+            if self.vantage.outside.xclient is not None:
+                await client.ehlo(PROBE_HELO)
+                await client.xclient(ADDR=self.vantage.outside.xclient, NAME="[UNAVAILABLE]",
+                                     HELO="[UNAVAILABLE]")
+        except BaseException:
+            await client.__aexit__(None, None, None)
+            raise
+        return client
+
     @property
     def postmaster(self) -> str:
         return f"postmaster@{self.server_name or self.host}"
@@ -283,14 +298,10 @@ async def banner_leak(ctx: ProbeContext) -> CheckResult:
 @check("PRB-HELO-REQUIRED", "Mail accepted without HELO or EHLO", Severity.LOW)
 async def helo_required(ctx: ProbeContext) -> CheckResult:
     me = _this("PRB-HELO-REQUIRED")
-    if ctx.vantage.outside is None:
+    client = await ctx.outside_unintroduced()
+    if client is None:
         return ctx.untestable(me)
-    client = await ctx.plain()
     try:
-        if ctx.vantage.outside.xclient is not None:
-            await client.ehlo(PROBE_HELO)
-            await client.xclient(ADDR=ctx.vantage.outside.xclient, NAME="[UNAVAILABLE]",
-                                 HELO="[UNAVAILABLE]")
         mail = await client.mail(FOREIGN_SENDER)
         evidence = client.transcript.lines()[-2:]
     finally:
@@ -357,13 +368,10 @@ async def unknown_recipient(ctx: ProbeContext) -> CheckResult:
 @check("PRB-PIPELINING", "Commands pipelined without EHLO accepted", Severity.LOW)
 async def unauthorised_pipelining(ctx: ProbeContext) -> CheckResult:
     me = _this("PRB-PIPELINING")
-    if ctx.vantage.outside is None:
+    client = await ctx.outside_unintroduced()
+    if client is None:
         return ctx.untestable(me)
-    client = await ctx.plain()
     try:
-        if ctx.vantage.outside.xclient is not None:
-            await client.ehlo(PROBE_HELO)
-            await client.xclient(ADDR=ctx.vantage.outside.xclient, NAME="[UNAVAILABLE]")
         # RFC 2920: pipelining needs EHLO; after HELO every command must wait its reply.
         await client.send_raw(b"HELO " + PROBE_HELO.encode() + b"\r\n"
                               + smtp.command("MAIL", f"FROM:<{FOREIGN_SENDER}>")
