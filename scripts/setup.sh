@@ -9,7 +9,7 @@ venv="$here/.venv"
 
 # Debian packages the tests use as real components and references (dovecot-core: the lab
 # SASL auth server, postwarden.lab.dovecot).
-debs=(postfix pflogsumm dovecot-core redis-server postgrey)
+debs=(postfix pflogsumm dovecot-core redis-server postgrey opendkim opendkim-tools)
 
 need_debs=()
 for pkg in "${debs[@]}"; do
