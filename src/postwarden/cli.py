@@ -265,6 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_policyd(commands)
     _add_spf(commands)
     _add_greylist(commands)
+    _add_dkim(commands)
     return parser
 
 
@@ -470,6 +471,123 @@ def _greylist_print(triplets: Sequence[object], clients: Sequence[object], delay
     for entry in awl:
         print(f"awl      {entry['last_seen']} count={entry['count']} {entry['client']}")
     print(f"{len(rows)} triplets, {len(awl)} auto-whitelisted clients")
+
+
+def _add_dkim(commands: argparse._SubParsersAction[_Parser]) -> None:
+    dk = commands.add_parser("dkim", help="DKIM (RFC 6376, RFC 8463) keys, signing, checks")
+    actions = dk.add_subparsers(dest="dkim_command", metavar="ACTION", parser_class=_Parser,
+                                required=True)
+    gen = actions.add_parser(
+        "keygen", help="make a DKIM key pair and its DNS TXT record",
+        description="Write DIR/SELECTOR.private (PKCS#8 PEM, mode 0600) and DIR/SELECTOR.txt "
+                    "(the zone file line), and print the zone line to publish.")
+    gen.add_argument("--domain", required=True, metavar="D", help="the signing domain (d=)")
+    gen.add_argument("--selector", required=True, metavar="S", help="the selector (s=)")
+    gen.add_argument("--type", choices=("rsa", "ed25519"), default="rsa",
+                     help="key type (default rsa)")
+    gen.add_argument("--bits", type=int, default=2048, metavar="N",
+                     help="RSA key size, 2048 to 8192 (default 2048)")
+    gen.add_argument("--out", required=True, metavar="DIR", help="directory for the files")
+    gen.set_defaults(handler=_dkim_keygen)
+    sig = actions.add_parser(
+        "sign", help="sign a message and print it with its DKIM-Signature",
+        description="Sign MESSAGE (or standard input) with relaxed/relaxed canonicalization, "
+                    "oversigning From, To, Subject, Date and the other headers that matter.")
+    sig.add_argument("--domain", required=True, metavar="D", help="the signing domain (d=)")
+    sig.add_argument("--selector", required=True, metavar="S", help="the selector (s=)")
+    sig.add_argument("--key", required=True, metavar="FILE", help="PEM private key")
+    sig.add_argument("message", nargs="?", default="-", metavar="MESSAGE",
+                     help="message file, or - for standard input (the default)")
+    sig.set_defaults(handler=_dkim_sign)
+    ver = actions.add_parser(
+        "verify", help="verify every DKIM-Signature on a message",
+        description="Print one line per signature: the result (pass, fail, neutral, "
+                    "temperror, permerror), d=, s= and the reason. Exit 0 when every "
+                    "signature passes, 1 otherwise (also when there is none).")
+    ver.add_argument("message", nargs="?", default="-", metavar="MESSAGE",
+                     help="message file, or - for standard input (the default)")
+    ver.add_argument("--nameserver", metavar="HOST[:PORT]",
+                     help="ask this DNS server instead of /etc/resolv.conf's")
+    ver.add_argument("--timeout", type=float, default=10.0, metavar="S",
+                     help="time budget for all key queries in seconds (default 10)")
+    ver.set_defaults(handler=_dkim_verify)
+
+
+def _dkim_read(name: str) -> bytes:
+    """A message from a file or standard input, at most 64 MiB."""
+    limit = 64 * 1024 * 1024
+    try:
+        if name == "-":
+            data = sys.stdin.buffer.read(limit + 1)
+        else:
+            with open(name, "rb") as handle:
+                data = handle.read(limit + 1)
+    except OSError as exc:
+        raise UsageError(f"{name}: {exc.strerror}") from None
+    if len(data) > limit:
+        raise UsageError(f"{name}: message larger than 64 MiB")
+    return data
+
+
+def _dkim_keygen(args: argparse.Namespace) -> int:
+    """``dkim keygen``: a key pair, the private half 0600, the TXT record printed."""
+    from pathlib import Path
+
+    from postwarden.milter import dkim, keys
+
+    for label, value in (("--domain", args.domain), ("--selector", args.selector)):
+        if not dkim.is_domain_name(value):
+            raise UsageError(f"{label} {value!r}: not a domain name")
+    out = Path(args.out)
+    if not out.is_dir():
+        raise UsageError(f"--out {args.out}: not a directory")
+    private = out / f"{args.selector}.private"
+    if private.exists():
+        raise UsageError(f"{private}: exists; move it away first")
+    key = keys.generate(args.type, args.bits)
+    line = keys.zone_line(args.domain, args.selector, keys.dns_record(key.public_key()))
+    keys.write_private(private, key)
+    (out / f"{args.selector}.txt").write_text(line + "\n", encoding="ascii")
+    print(line)
+    return EXIT_OK
+
+
+def _dkim_sign(args: argparse.Namespace) -> int:
+    """``dkim sign``: the message with a DKIM-Signature prepended, on standard output."""
+    from pathlib import Path
+
+    from postwarden.milter import dkim, keys
+
+    key = keys.load_private(Path(args.key))
+    message = _dkim_read(args.message)
+    header = dkim.sign(message, domain=args.domain, selector=args.selector, key=key)
+    sys.stdout.flush()
+    sys.stdout.buffer.write(header + message)
+    sys.stdout.buffer.flush()
+    return EXIT_OK
+
+
+def _dkim_verify(args: argparse.Namespace) -> int:
+    """``dkim verify``: one line per signature; 0 when all pass."""
+    import asyncio
+
+    from postwarden import dns
+    from postwarden.errors import clip
+    from postwarden.milter import dkim
+
+    if not 0 < args.timeout <= 300:
+        raise UsageError("--timeout: must be more than 0 and at most 300 seconds")
+    message = _dkim_read(args.message)
+    resolver = dns.DnsResolver(nameserver=args.nameserver, timeout=args.timeout)
+    results = asyncio.run(dkim.verify(message, resolver, budget=args.timeout))
+    if not results:
+        print("none no DKIM-Signature header field")
+        return EXIT_FINDINGS
+    for r in results:
+        print(f"{r.result.value} d={clip(r.domain, 253)} s={clip(r.selector, 253)} "
+              f"{r.reason}")
+    passed = all(r.result is dkim.DkimResult.PASS for r in results)
+    return EXIT_OK if passed else EXIT_FINDINGS
 
 
 def _add_probe(commands: argparse._SubParsersAction[_Parser]) -> None:

@@ -1,0 +1,1 @@
+"""postwarden milter: the milter protocol codec, its asyncio server, and the mail checks."""
