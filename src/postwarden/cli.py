@@ -511,6 +511,22 @@ def _add_dkim(commands: argparse._SubParsersAction[_Parser]) -> None:
     ver.add_argument("--timeout", type=float, default=10.0, metavar="S",
                      help="time budget for all key queries in seconds (default 10)")
     ver.set_defaults(handler=_dkim_verify)
+    exp = actions.add_parser(
+        "explain", help="say why a message would or would not be signed",
+        description="Apply the [dkim] section of --config to MESSAGE (or standard input) "
+                    "as the milter would, given the milter macros and client address, and "
+                    "print 'sign' or 'not signed', then the reasons, one per line. Exit 0 "
+                    "either way.")
+    exp.add_argument("message", nargs="?", default="-", metavar="MESSAGE",
+                     help="message file, or - for standard input (the default)")
+    exp.add_argument("--config", default="/etc/postwarden/postwarden.toml", metavar="FILE",
+                     help="postwarden.toml to read [dkim] from "
+                          "(default /etc/postwarden/postwarden.toml)")
+    exp.add_argument("--macro", action="append", default=[], metavar="NAME=VALUE",
+                     help="a milter macro, e.g. '{auth_authen}=alice' or "
+                          "daemon_name=ORIGINATING (repeatable)")
+    exp.add_argument("--client", metavar="ADDR", help="the SMTP client's IP address")
+    exp.set_defaults(handler=_dkim_explain)
 
 
 def _dkim_read(name: str) -> bytes:
@@ -588,6 +604,40 @@ def _dkim_verify(args: argparse.Namespace) -> int:
               f"{r.reason}")
     passed = all(r.result is dkim.DkimResult.PASS for r in results)
     return EXIT_OK if passed else EXIT_FINDINGS
+
+
+def _dkim_explain(args: argparse.Namespace) -> int:
+    """``dkim explain``: the signing decision for one message, with its reasons."""
+    import tomllib
+    from email.parser import BytesHeaderParser
+    from email.policy import compat32
+
+    from postwarden.milter import signing
+
+    macros: dict[str, str] = {}
+    for item in args.macro:
+        name, eq, value = item.partition("=")
+        name = name.strip().strip("{}")
+        if not eq or not name:
+            raise UsageError(f"--macro {item!r}: expected NAME=VALUE")
+        macros["{" + name + "}" if len(name) > 1 else name] = value
+    try:
+        with open(args.config, "rb") as handle:
+            data = tomllib.load(handle)
+    except OSError as exc:
+        raise ConfigError(args.config, None, exc.strerror or str(exc)) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(args.config, None, f"not valid TOML: {exc}") from None
+    settings = signing.SigningSettings.from_toml(data.get("dkim", {}), args.config)
+    headers = BytesHeaderParser(policy=compat32).parsebytes(_dkim_read(args.message))
+    fields = [str(v) for v in headers.get_all("From", [])]
+    domain, found = signing.from_domain(fields)
+    decision = signing.decide(settings, from_header_domain=domain, macros=macros,
+                              client_address=args.client)
+    print("sign" if decision.sign else "not signed")
+    for line in (found, *decision.reasons):
+        print(line)
+    return EXIT_OK
 
 
 def _add_probe(commands: argparse._SubParsersAction[_Parser]) -> None:
