@@ -28,6 +28,7 @@ from typing import Any, NoReturn, TypeVar
 from urllib.parse import urlsplit
 
 from postwarden.errors import ConfigError, UsageError, clip
+from postwarden.milter.signing import SigningSettings
 from postwarden.policy.greylist import GreylistSettings
 from postwarden.policy.ratelimit import COUNTS, KEYS, STAGES, RateLimitSettings, RateRule
 from postwarden.policy.spf import HEADER_TYPES, REJECT_POLICIES, SpfSettings
@@ -140,6 +141,7 @@ class Settings:
     greylist: GreylistSettings = field(default_factory=GreylistSettings)
     spf: SpfSettings = field(default_factory=SpfSettings)
     ratelimit: RateLimitSettings = field(default_factory=RateLimitSettings)
+    dkim: SigningSettings = field(default_factory=SigningSettings)
     path: str = ""                           # where they came from ("" for defaults)
 
     def summary(self) -> str:
@@ -396,9 +398,15 @@ def _ratelimit(section: _Section) -> RateLimitSettings:
     return result
 
 
+def _dkim(section: _Section) -> SigningSettings:
+    """``[dkim]``: read by the milter's signing decision, which checks it itself."""
+    section.used = set(section.table)
+    return SigningSettings.from_toml(section.table, section.path)
+
+
 SECTIONS: dict[str, Callable[[_Section], object]] = {
     "policyd": _policyd, "store": _store, "greylist": _greylist, "spf": _spf,
-    "ratelimit": _ratelimit,
+    "ratelimit": _ratelimit, "dkim": _dkim,
 }
 
 

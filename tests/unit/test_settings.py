@@ -232,3 +232,12 @@ def test_command_line_overrides() -> None:
     assert s.policyd.dry_run
     with pytest.raises(UsageError, match="--listen: 'udp:x'"):
         settings.override(s, listen=["udp:x"])
+
+
+def test_dkim_section_is_the_milters(tmp_path: Path) -> None:
+    """[dkim] belongs to the milter's signing decision: accepted here, checked by it."""
+    s = load(write(tmp_path, '[dkim]\ninternal_networks = ["192.0.2.0/24"]\n[[dkim.key]]\n'
+                             'domain = "example.org"\nselector = "r1"\nkey_file = "k.pem"\n'
+                             '[dkim.sign]\n"example.org" = ["r1"]\n'))
+    assert [k.name for k in s.dkim.keys] == ["example.org:r1"]
+    assert error(tmp_path, "[dkim]\ncolour = 1\n").startswith("dkim.colour: unknown key")
