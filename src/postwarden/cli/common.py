@@ -1,0 +1,35 @@
+"""What every subcommand module of the command line shares: the parser, exit codes, warnings.
+
+Security: none of its own; argument values are checked by each command.
+Standards: exit codes of DESIGN.md (0 clean, 1 findings, 2 usage or input error).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import TYPE_CHECKING, TypeAlias
+
+from postwarden.errors import UsageError
+
+EXIT_OK = 0
+EXIT_FINDINGS = 1
+EXIT_USAGE = 2
+DEFAULT_CONFIG_DIR = "/etc/postfix"
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse that reports usage errors as one line and exit code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(f"{self.prog}: {message}")
+
+
+if TYPE_CHECKING:  # argparse's class is generic only to the type checker
+    Subparsers: TypeAlias = argparse._SubParsersAction[Parser]
+else:
+    Subparsers = argparse._SubParsersAction
+
+
+def warn(message: str) -> None:
+    print(f"postwarden: warning: {message}", file=sys.stderr)
