@@ -26,6 +26,7 @@ from pathlib import Path
 import pytest
 
 from postwarden.errors import PostwardenError
+from postwarden.listen import bind_tcp, bind_unix
 from postwarden.milter.protocol import (
     SMFIF_ADDHDRS,
     SMFIP_HDR_LEADSPC,
@@ -45,8 +46,6 @@ from postwarden.milter.server import (
     MilterOptions,
     MilterServer,
     SessionContext,
-    bind_tcp,
-    bind_unix,
 )
 from postwarden.postfix.instance import TEST_HOSTNAME, PostfixInstance
 

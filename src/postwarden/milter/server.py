@@ -36,12 +36,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import socket
-import stat
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Protocol
 
 from postwarden.errors import PostwardenError
@@ -84,15 +81,10 @@ from postwarden.milter.protocol import (
 log = logging.getLogger(__name__)
 
 READ_SIZE = 65536
-BACKLOG = 1024
 DEFAULT_ACTIONS = SMFIF_ADDHDRS | SMFIF_CHGHDRS | SMFIF_QUARANTINE
 
 # The order Postfix sends stages in; the merged macro view takes later stages last.
 _STAGES = "CHMRTNE"
-
-
-class ListenError(PostwardenError):
-    """An endpoint that cannot be bound."""
 
 
 @dataclass(frozen=True)
@@ -364,52 +356,6 @@ class MilterSession:
 
 
 # -- listeners and connections --------------------------------------------------------------
-
-
-def bind_unix(path: Path, mode: int) -> socket.socket:
-    """A listening unix socket with exactly ``mode``; a stale socket file is replaced.
-
-    XXX: policy.server has the same binding code; both belong in one shared listener
-    module once the daemons' command lines are merged (issue 7 item 7).
-    """
-    try:
-        info = path.lstat()
-    except FileNotFoundError:
-        info = None
-    if info is not None:
-        if not stat.S_ISSOCK(info.st_mode):
-            raise ListenError(f"unix:{path}: exists and is not a socket")
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-            try:
-                probe.settimeout(1.0)
-                probe.connect(str(path))
-            except (ConnectionRefusedError, FileNotFoundError):
-                path.unlink(missing_ok=True)  # stale: its server is gone
-            except OSError as exc:
-                raise ListenError(f"unix:{path}: cannot tell whether it is in use: "
-                                  f"{exc.strerror}") from None
-            else:
-                raise ListenError(f"unix:{path}: another server is listening on it")
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    old = os.umask(0o177)
-    try:
-        sock.bind(str(path))
-        os.chmod(path, mode)
-    except OSError as exc:
-        sock.close()
-        raise ListenError(f"unix:{path}: {exc.strerror}") from None
-    finally:
-        os.umask(old)
-    sock.listen(BACKLOG)
-    return sock
-
-
-def bind_tcp(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    try:
-        return socket.create_server((host, port), family=family, backlog=BACKLOG)
-    except OSError as exc:
-        raise ListenError(f"tcp:{host}:{port}: {exc.strerror or exc}") from None
 
 
 def _peer(writer: asyncio.StreamWriter) -> str:

@@ -29,17 +29,14 @@ from __future__ import annotations
 import asyncio
 import codecs
 import contextlib
-import errno
 import logging
-import os
 import signal
 import socket
-import stat
 from collections.abc import Sequence
-from pathlib import Path
 
 from postwarden.dns import DnsResolver
-from postwarden.errors import PostwardenError, UsageError
+from postwarden.errors import UsageError
+from postwarden.listen import BACKLOG, bind_tcp, bind_unix
 from postwarden.policy import privileges
 from postwarden.policy.protocol import ProtocolError, RequestDecoder, encode_reply
 from postwarden.policy.service import PolicyService, SystemClock, build_checks
@@ -51,13 +48,8 @@ from postwarden.settings import Endpoint, Settings
 log = logging.getLogger(__name__)
 
 READ_SIZE = 4096
-BACKLOG = 1024        # smtpd opens about one connection per process, up to ~100 each host
 MAX_HTTP = 8192
 HTTP_TIMEOUT = 5.0
-
-
-class ListenError(PostwardenError):
-    """An endpoint that cannot be bound."""
 
 
 def parse_hostport(text: str) -> tuple[str, int]:
@@ -67,65 +59,6 @@ def parse_hostport(text: str) -> tuple[str, int]:
     if not colon or not host or not port.isdigit() or int(port) > 65535:
         raise UsageError(f"--metrics: {text!r}: expected HOST:PORT")
     return host, int(port)
-
-
-def _unlink_stale(path: Path) -> None:
-    try:
-        info = path.lstat()
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(info.st_mode):
-        raise ListenError(f"unix:{path}: exists and is not a socket")
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        probe.settimeout(1.0)
-        probe.connect(str(path))
-    except (ConnectionRefusedError, FileNotFoundError):
-        path.unlink(missing_ok=True)  # stale: left by a server that is gone
-        return
-    except OSError as exc:
-        raise ListenError(f"unix:{path}: cannot tell whether it is in use: "
-                          f"{exc.strerror}") from None
-    finally:
-        probe.close()
-    raise ListenError(f"unix:{path}: another server is listening on it")
-
-
-def bind_unix(path: str, mode: int = 0o660, owner: str | None = None,
-              group: str | None = None) -> socket.socket:
-    where = Path(path)
-    _unlink_stale(where)
-    uid = privileges.lookup_user(owner).pw_uid if owner else -1
-    gid = privileges.lookup_group(group) if group else -1
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    old = os.umask(0o177)
-    try:
-        sock.bind(path)
-    except OSError as exc:
-        sock.close()
-        raise ListenError(f"unix:{path}: {exc.strerror}") from None
-    finally:
-        os.umask(old)
-    try:
-        if uid != -1 or gid != -1:
-            os.chown(path, uid, gid)
-        os.chmod(path, mode)
-    except OSError as exc:
-        sock.close()
-        raise ListenError(f"unix:{path}: cannot set owner or mode: {exc.strerror}") from None
-    sock.listen(BACKLOG)
-    return sock
-
-
-def bind_tcp(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    try:
-        return socket.create_server((host, port), family=family, backlog=BACKLOG)
-    except OSError as exc:
-        reason = exc.strerror or str(exc)
-        if exc.errno == errno.EADDRINUSE:
-            reason = "address already in use"
-        raise ListenError(f"tcp:{host}:{port}: {reason}") from None
 
 
 def bind(endpoints: Sequence[Endpoint], mode: int = 0o660, owner: str | None = None,

@@ -26,9 +26,10 @@ from pathlib import Path
 
 import pytest
 
+from postwarden.listen import ListenError, bind_tcp, bind_unix
 from postwarden.policy import privileges
 from postwarden.policy.model import Findings, PolicyRequest, SpfOutcome, SpfResult, Verdict
-from postwarden.policy.server import ListenError, PolicyServer, bind_tcp, bind_unix
+from postwarden.policy.server import PolicyServer
 from postwarden.policy.service import PolicyService
 
 RCPT = {"request": "smtpd_access_policy", "protocol_state": "RCPT",
