@@ -1,12 +1,13 @@
 """The asyncio shell of the milter: listeners, one session per MTA connection, fail-safe.
 
-Security: anyone who can reach a listening socket is an MTA to us. Unix sockets are
-created under umask 0177 and then given the explicit mode asked for, so they are never
-wider than asked. Each connection owns one ``MilterDecoder`` (bounded buffers, see
-``postwarden.milter.protocol``); a protocol error closes that connection with one log line
-and touches no other. Any other exception in a handler gives the configured fail-safe
-verdict (accept or tempfail) and one log line with the traceback; ``CancelledError`` is
-always re-raised. A connection silent for ``idle_timeout`` is closed.
+Security: anyone who can reach a listening socket is an MTA to us. The sockets come
+bound from ``postwarden.listen`` (unix sockets created under umask 0177, then given the
+explicit mode asked for, so never wider than asked). Each connection owns one
+``MilterDecoder`` (bounded buffers, see ``postwarden.milter.protocol``); a protocol
+error closes that connection with one log line and touches no other. Any other
+exception in a handler gives the configured fail-safe verdict (accept or tempfail) and
+one log line with the traceback; ``CancelledError`` is always re-raised. A connection
+silent for ``idle_timeout`` is closed.
 Standards: Postfix MILTER_README (Postfix 3.7: macros before each command, ABORT sent
 twice after end of message, connection reuse with QUIT_NC, ``milter_default_action``);
 Sendmail libmilter (``engine.c`` state order, ``xxfi_*`` callbacks).
