@@ -8,8 +8,9 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 venv="$here/.venv"
 
 # Debian packages the tests use as real components and references (dovecot-core: the lab
-# SASL auth server, postwarden.lab.dovecot).
-debs=(postfix pflogsumm dovecot-core redis-server postgrey opendkim opendkim-tools)
+# SASL auth server, postwarden.lab.dovecot; nftables: the ban backend, tested inside a
+# network namespace).
+debs=(postfix pflogsumm dovecot-core redis-server postgrey opendkim opendkim-tools nftables)
 
 need_debs=()
 for pkg in "${debs[@]}"; do

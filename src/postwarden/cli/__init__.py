@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from postwarden import __version__
-from postwarden.cli import config, dkim, harden, policy, probe
+from postwarden.cli import config, dkim, dmarc, harden, logs, milter, policy, probe
 from postwarden.cli.common import EXIT_USAGE, Parser
 from postwarden.errors import PostwardenError
 
@@ -24,7 +24,7 @@ def build_parser() -> Parser:
     )
     parser.add_argument("--version", action="version", version=f"postwarden {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
-    for family in (config, harden, probe, policy, dkim):
+    for family in (config, harden, probe, policy, dkim, milter, dmarc, logs):
         family.add(commands)
     return parser
 

@@ -1,0 +1,1 @@
+"""Postfix and Dovecot logs: one parser feeding summaries, detectors, bans, alerts and metrics."""
