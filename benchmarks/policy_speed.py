@@ -1,23 +1,36 @@
-"""Benchmark: postwarden policyd beside postgrey 1.37 (Debian), same requests, one run.
+"""Benchmark: postwarden policyd beside postgrey 1.37 (Debian), same requests, same run.
 
 Security: both servers listen on 127.0.0.1 only, on free ports, with state in a temporary
 directory; both are stopped (by process) at the end, whatever happens. The load is bounded:
 ``--requests`` per scenario and connection count.
 Standards: SMTPD_POLICY_README (the request format smtpd sends).
 
-Usage: ``.venv/bin/python benchmarks/policy_speed.py [--requests 10000]`` as root (postgrey
-drops to its own user). Scenarios, each at concurrency 1 and 50, on fresh state:
+Usage: ``.venv/bin/python benchmarks/policy_speed.py [--requests 10000] [--runs 5]
+[--concurrency 1,50] [--rate R] [--policyd-workers N]`` as root (postgrey drops to its
+own user). Scenarios, each at concurrency 1 and 50, on fresh state:
 
 - ``new``: every request a triplet never seen (distinct senders over about 40 /24s), so
   every request writes a new entry and is deferred;
 - ``known``: the same triplets again, so every request updates an existing entry.
 
-Clients are asyncio tasks with one persistent connection each, sending requests one after
-another like smtpd processes. Per server and scenario the script prints requests per second,
-p50 and p99 latency, and CPU per request (user+system time of the server process from
-/proc/PID/stat, threads included), then the ratio postwarden/postgrey. Both servers keep
-their state durably: postgrey's BerkeleyDB commits every write (fdatasync), postwarden's
-SQLite runs in WAL mode.
+Clients are asyncio protocols with one persistent connection each, sending requests one
+after another like smtpd processes (never two at once on a connection); requests are
+encoded before the clock starts, so the client costs little CPU per request. Each run
+starts both servers afresh, in alternating order; with ``--runs N`` the table shows
+medians over the runs and the range of requests per second, since on a shared machine
+single runs vary. Per server and scenario: requests per second, p50 and p99 latency, CPU
+per request of the server (user+system from /proc/PID/stat, threads and worker processes
+included) and of this client, then the ratio postwarden/postgrey. The load average before
+and after is printed as a noise indicator. The load is closed-loop: with N connections
+there are always N requests in flight, so mean latency is N divided by the rate (Little's
+law). ``--rate R`` makes it open-loop instead: R requests per second offered in total,
+each connection still one request at a time, latency counted from when a request was due;
+that shows the latency at a given load rather than at saturation.
+
+Both servers keep their state across a crash: postgrey's BerkeleyDB commits every write
+with fdatasync; postwarden commits each group of requests to SQLite's WAL before it
+answers them (``synchronous=NORMAL``: safe against a crash of the process, not against
+a power loss before the next checkpoint; see docs/policyd.md).
 """
 
 from __future__ import annotations
@@ -28,6 +41,7 @@ import os
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -40,6 +54,8 @@ POSTGREY = "/usr/sbin/postgrey"
 HOST = "127.0.0.1"
 TICKS = os.sysconf("SC_CLK_TCK")
 START_TIMEOUT = 20.0
+MAX_REQUESTS = 100_000
+MAX_CONNECTIONS = 200
 
 
 @dataclass(frozen=True)
@@ -47,7 +63,8 @@ class Result:
     requests: int
     seconds: float
     latencies: list[float]
-    cpu_seconds: float
+    cpu_seconds: float         # the server's
+    client_cpu_seconds: float  # this process's (the load generator's)
 
     @property
     def rate(self) -> float:
@@ -84,34 +101,123 @@ def request(index: int) -> bytes:
     return "".join(f"{k}={v}\n" for k, v in attributes.items()).encode() + b"\n"
 
 
-async def client(port: int, indexes: list[int], latencies: list[float]) -> None:
-    reader, writer = await asyncio.open_connection(HOST, port)
-    try:
-        for index in indexes:
-            start = time.perf_counter()
-            writer.write(request(index))
-            await writer.drain()
-            reply = await reader.readuntil(b"\n\n")
-            latencies.append(time.perf_counter() - start)
-            if not reply.startswith(b"action="):
-                raise RuntimeError(f"unexpected reply {reply[:80]!r}")
-    finally:
-        writer.close()
+class Client(asyncio.Protocol):
+    """One smtpd-like connection: sends its requests one after another, each only after
+    the reply to the previous one. Requests are encoded before the clock starts and the
+    reply is only checked for its end and its first word, so the client costs little CPU
+    per request and the measurement is of the server.
+
+    Closed loop (``interval`` 0): the next request goes out as soon as the reply is in;
+    latency is counted from the send. Open loop: request k is due at ``start + k *
+    interval``; latency is counted from when it was due, so a server that falls behind is
+    charged for the wait too (no coordinated omission)."""
+
+    def __init__(self, requests: list[bytes], latencies: list[float],
+                 done: asyncio.Future[None], interval: float = 0.0,
+                 start: float = 0.0) -> None:
+        self.requests = requests
+        self.latencies = latencies
+        self.done = done
+        self.interval = interval
+        self.start = start
+        self.next = 0
+        self.buffer = b""
+        self.sent = 0.0
+        self.transport: asyncio.Transport | None = None
+        self.loop = asyncio.get_running_loop()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self._next()
+
+    def _next(self) -> None:
+        assert self.transport is not None
+        if self.next == len(self.requests):
+            self.transport.close()
+            if not self.done.done():
+                self.done.set_result(None)
+            return
+        now = self.loop.time()
+        if not self.interval:
+            self._send(now)
+            return
+        due = self.start + self.next * self.interval
+        if due > now:
+            self.loop.call_at(due, self._send, due)
+        else:
+            self._send(due)
+
+    def _send(self, due: float) -> None:
+        assert self.transport is not None
+        self.sent = due
+        self.transport.write(self.requests[self.next])
+        self.next += 1
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        if not self.buffer.endswith(b"\n\n"):
+            return
+        self.latencies.append(self.loop.time() - self.sent)
+        reply, self.buffer = self.buffer, b""
+        if not reply.startswith(b"action=") or reply.count(b"\n") != 2:
+            self._fail(RuntimeError(f"unexpected reply {reply[:80]!r}"))
+            return
+        self._next()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.next < len(self.requests) or self.buffer:
+            self._fail(exc or RuntimeError("the server closed the connection"))
+
+    def _fail(self, exc: BaseException) -> None:
+        if self.transport is not None:
+            self.transport.close()
+        if not self.done.done():
+            self.done.set_exception(exc)
+
+
+async def client(port: int, requests: list[bytes], latencies: list[float],
+                 interval: float = 0.0, start: float = 0.0) -> None:
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+    await loop.create_connection(
+        lambda: Client(requests, latencies, done, interval, start), HOST, port)
+    await done
 
 
 def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
+    """User+system time of the process and of its direct children (prefork workers)."""
+    total = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # gone meanwhile
+        if int(entry.name) == pid or int(fields[1]) == pid:
+            total += int(fields[11]) + int(fields[12])
+    return total / TICKS
 
 
-async def load(port: int, pid: int, requests: int, concurrency: int) -> Result:
+async def load(port: int, pid: int, requests: int, concurrency: int,
+               rate: float = 0.0) -> Result:
+    """Send ``requests`` over ``concurrency`` connections: closed loop, or open loop at
+    ``rate`` requests per second in total (each connection gets its share, staggered)."""
     latencies: list[float] = []
-    shares = [list(range(i, requests, concurrency)) for i in range(concurrency)]
+    shares = [[request(index) for index in range(i, requests, concurrency)]
+              for i in range(concurrency)]
+    interval = concurrency / rate if rate else 0.0
+    begin = asyncio.get_running_loop().time() + 0.05
     cpu = cpu_seconds(pid)
+    client_cpu = time.process_time()
     start = time.perf_counter()
-    await asyncio.gather(*(client(port, share, latencies) for share in shares))
+    await asyncio.gather(*(client(port, share, latencies, interval,
+                                  begin + i * interval / concurrency)
+                           for i, share in enumerate(shares)))
     seconds = time.perf_counter() - start
-    return Result(requests, seconds, latencies, cpu_seconds(pid) - cpu)
+    return Result(requests, seconds, latencies, cpu_seconds(pid) - cpu,
+                  time.process_time() - client_cpu)
 
 
 def wait_listening(port: int, process: subprocess.Popen[bytes]) -> None:
@@ -139,22 +245,25 @@ def start_postgrey(state: Path, port: int) -> subprocess.Popen[bytes]:
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def start_policyd(state: Path, port: int) -> subprocess.Popen[bytes]:
-    state.mkdir(mode=0o700)
-    config = state / "postwarden.toml"
-    config.write_text(
-        "[policyd]\n"
-        f'listen = ["tcp:{HOST}:{port}"]\n'
-        'user = "nobody"\n'
-        "[store]\n"
-        f'url = "sqlite://{state}/state.db"\n'
-        "[greylist]\nenabled = true\nexempt_networks = []\n"
-        "[spf]\nenabled = false\n"
-        "[ratelimit]\nenabled = false\n")
-    shutil.chown(state, "nobody")
-    return subprocess.Popen([sys.executable, "-m", "postwarden", "policyd", "--config",
-                             str(config)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+def policyd_starter(workers: int) -> Callable[[Path, int], subprocess.Popen[bytes]]:
+    def start_policyd(state: Path, port: int) -> subprocess.Popen[bytes]:
+        state.mkdir(mode=0o700)
+        config = state / "postwarden.toml"
+        config.write_text(
+            "[policyd]\n"
+            f'listen = ["tcp:{HOST}:{port}"]\n'
+            'user = "nobody"\n'
+            + (f"workers = {workers}\n" if workers > 1 else "")
+            + "[store]\n"
+            f'url = "sqlite://{state}/state.db"\n'
+            "[greylist]\nenabled = true\nexempt_networks = []\n"
+            "[spf]\nenabled = false\n"
+            "[ratelimit]\nenabled = false\n")
+        shutil.chown(state, "nobody")
+        return subprocess.Popen([sys.executable, "-m", "postwarden", "policyd", "--config",
+                                 str(config)], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+    return start_policyd
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:
@@ -167,48 +276,102 @@ def stop(process: subprocess.Popen[bytes]) -> None:
             process.wait()
 
 
+Table = dict[tuple[str, int], Result]
+
+
 def run_server(name: str, start: Callable[[Path, int], subprocess.Popen[bytes]],
-               tmp: Path, requests: int) -> dict[tuple[str, int], Result]:
-    results: dict[tuple[str, int], Result] = {}
-    for concurrency in (1, 50):
+               tmp: Path, requests: int, levels: list[int], rate: float) -> Table:
+    results: Table = {}
+    for concurrency in levels:
         port = free_port()
         process = start(tmp / f"{name}-{concurrency}", port)
         try:
             wait_listening(port, process)
             for scenario in ("new", "known"):
                 results[(scenario, concurrency)] = asyncio.run(
-                    load(port, process.pid, requests, concurrency))
+                    load(port, process.pid, requests, concurrency, rate))
         finally:
             stop(process)
     return results
 
 
+def one_run(number: int, tmp: Path, requests: int, levels: list[int],
+            workers: int, rate: float) -> dict[str, Table]:
+    """Both servers, each on fresh state; the order alternates from run to run."""
+    starts = {"postgrey": start_postgrey, "postwarden": policyd_starter(workers)}
+    order = list(starts) if number % 2 == 0 else list(reversed(starts))
+    return {name: run_server(name, starts[name], tmp / f"run{number}", requests, levels,
+                             rate)
+            for name in order}
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def report(runs: list[dict[str, Table]]) -> None:
+    """Per scenario: each server's median over the runs, the spread of its rate, and the
+    ratio postwarden/postgrey of the medians."""
+    print(f"{'scenario':8} {'conc':>4} {'server':10} {'req/s':>7} {'(min-max)':>13} "
+          f"{'p50 ms':>7} {'p99 ms':>7} {'srv CPU':>8} {'client CPU':>10}")
+    medians: dict[str, tuple[float, float, float, float]] = {}
+    for key in runs[0]["postgrey"]:
+        for name in ("postgrey", "postwarden"):
+            results = [run[name][key] for run in runs]
+            rates = [r.rate for r in results]
+            medians[name] = (median(rates),
+                             median([r.percentile(0.5) * 1000 for r in results]),
+                             median([r.percentile(0.99) * 1000 for r in results]),
+                             median([r.cpu_seconds / r.requests * 1e6 for r in results]))
+            client = median([r.client_cpu_seconds / r.requests * 1e6 for r in results])
+            rate, p50, p99, cpu = medians[name]
+            spread = f"{min(rates):.0f}-{max(rates):.0f}"
+            print(f"{key[0]:8} {key[1]:4} {name:10} {rate:7.0f} {spread:>13} {p50:7.2f} "
+                  f"{p99:7.2f} {cpu:5.0f} us {client:7.0f} us")
+        ours, theirs = medians["postwarden"], medians["postgrey"]
+        print(f"{'':8} {'':4} {'ratio':10} {ours[0] / theirs[0]:6.1f}x {'':13} "
+              f"{ours[1] / theirs[1]:6.2f}x {ours[2] / theirs[2]:6.2f}x "
+              f"{ours[3] / max(theirs[3], 1e-9):5.2f}x")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else "")
     parser.add_argument("--requests", type=int, default=10_000)
+    parser.add_argument("--runs", type=int, default=1,
+                        help="repeat the whole comparison and report medians (default 1)")
+    parser.add_argument("--concurrency", default="1,50", metavar="N,N",
+                        help="connection counts to test (default 1,50)")
+    parser.add_argument("--policyd-workers", type=int, default=1, metavar="N",
+                        help="postwarden processes on the socket ([policyd] workers; "
+                             "default 1)")
+    parser.add_argument("--rate", type=float, default=0.0, metavar="R",
+                        help="open loop: offer R requests per second in total, spread over "
+                             "the connections (default: closed loop, as fast as answered)")
     args = parser.parse_args()
+    levels = [int(n) for n in args.concurrency.split(",")]
     if os.geteuid() != 0:
         print("policy_speed: run as root (postgrey changes to its own user)", file=sys.stderr)
         return 2
+    if not 1 <= args.requests <= MAX_REQUESTS or not all(1 <= n <= MAX_CONNECTIONS
+                                                         for n in levels):
+        print(f"policy_speed: at most {MAX_REQUESTS} requests and {MAX_CONNECTIONS} "
+              "connections", file=sys.stderr)
+        return 2
+    load_before = os.getloadavg()[0]
+    runs = []
     with tempfile.TemporaryDirectory(prefix="postwarden-bench-") as tmp:
         os.chmod(tmp, 0o755)  # noqa: S103 - the servers run as postgrey and nobody
-        servers = {"postgrey": run_server("postgrey", start_postgrey, Path(tmp), args.requests),
-                   "postwarden": run_server("postwarden", start_policyd, Path(tmp),
-                                            args.requests)}
-    print(f"{'scenario':10} {'conc':>4} {'server':10} {'req/s':>8} {'p50 ms':>8} "
-          f"{'p99 ms':>8} {'CPU us/req':>10}")
-    for key in servers["postgrey"]:
-        for name, results in servers.items():
-            r = results[key]
-            print(f"{key[0]:10} {key[1]:4} {name:10} {r.rate:8.0f} "
-                  f"{r.percentile(0.5) * 1000:8.2f} {r.percentile(0.99) * 1000:8.2f} "
-                  f"{r.cpu_seconds / r.requests * 1e6:10.0f}")
-        ours, theirs = servers["postwarden"][key], servers["postgrey"][key]
-        cpu_ratio = (ours.cpu_seconds / ours.requests) / max(
-            theirs.cpu_seconds / theirs.requests, 1e-9)
-        print(f"{'':10} {'':4} {'ratio':10} {ours.rate / theirs.rate:7.1f}x "
-              f"{ours.percentile(0.5) / theirs.percentile(0.5):7.2f}x "
-              f"{ours.percentile(0.99) / theirs.percentile(0.99):7.2f}x {cpu_ratio:9.2f}x")
+        for number in range(args.runs):
+            (Path(tmp) / f"run{number}").mkdir(mode=0o755)
+            runs.append(one_run(number, Path(tmp), args.requests, levels,
+                                args.policyd_workers, args.rate))
+    print(f"{args.runs} run(s) of {args.requests} requests per scenario; postwarden with "
+          f"{args.policyd_workers} worker(s); "
+          + (f"open loop at {args.rate:g} req/s; " if args.rate else "closed loop; ")
+          + "load average "
+          f"{load_before:.2f} before, {os.getloadavg()[0]:.2f} after, on "
+          f"{os.cpu_count()} CPUs; CPU is per request")
+    report(runs)
     return 0
 
 

@@ -5,19 +5,25 @@ owner, group and mode asked for: it is never more open than configured. A file i
 way is replaced only when it is a socket nobody answers on (left by a server that died);
 a live server's socket or any other file is refused. Owner and group are looked up here,
 before the daemon drops its privileges.
-Standards: unix(7) (socket files, connect to a stale socket: ECONNREFUSED).
+Standards: unix(7) (socket files, connect to a stale socket: ECONNREFUSED); accept(2)
+(EAGAIN when another process took the connection).
 """
 
 from __future__ import annotations
 
+import asyncio
 import errno
+import logging
 import os
 import socket
 import stat
+from collections.abc import Callable
 from pathlib import Path
 
 from postwarden.errors import PostwardenError
 from postwarden.policy import privileges
+
+log = logging.getLogger(__name__)
 
 BACKLOG = 1024  # Postfix opens about one connection per smtpd or cleanup process
 
@@ -83,3 +89,66 @@ def bind_tcp(host: str, port: int) -> socket.socket:
         if exc.errno == errno.EADDRINUSE:
             reason = "address already in use"
         raise ListenError(f"tcp:{host}:{port}: {reason}") from None
+
+
+StreamHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], None]
+
+
+class SharedAcceptor:
+    """Serves one bound listening socket that other worker processes may share.
+
+    asyncio's own server accepts every pending connection at each wakeup, so with several
+    processes on one socket (``postwarden.prefork``) a burst of connections all lands on
+    whichever process woke first. This takes one connection per wakeup: every process
+    that is free wakes, and the connections spread over them. The interface is the part
+    of ``asyncio.Server`` the daemons use (``sockets``, ``close``, ``wait_closed``).
+    """
+
+    def __init__(self, sock: socket.socket, handler: StreamHandler, *,
+                 limit: int = 2 ** 16) -> None:
+        self.sockets = [sock]
+        self._handler, self._limit = handler, limit
+        self._loop = asyncio.get_running_loop()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closed = False
+        sock.setblocking(False)
+        self._loop.add_reader(sock.fileno(), self._ready)
+
+    def _ready(self) -> None:
+        try:
+            conn, _ = self.sockets[0].accept()
+        except (BlockingIOError, InterruptedError):
+            return                       # another process took it
+        except OSError as exc:
+            # Out of descriptors or buffers: pause, as asyncio's server does, rather
+            # than spin on a socket that stays readable.
+            log.warning("listen: accept failed: %s; pausing 1 s", exc.strerror or exc)
+            self._loop.remove_reader(self.sockets[0].fileno())
+            self._loop.call_later(1.0, self._resume)
+            return
+        task = self._loop.create_task(self._open(conn))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _resume(self) -> None:
+        if not self._closed:
+            self._loop.add_reader(self.sockets[0].fileno(), self._ready)
+
+    async def _open(self, conn: socket.socket) -> None:
+        conn.setblocking(False)
+        try:
+            reader, writer = await asyncio.open_connection(sock=conn, limit=self._limit)
+        except OSError:
+            conn.close()
+            return
+        self._handler(reader, writer)
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._loop.remove_reader(self.sockets[0].fileno())
+            self.sockets[0].close()
+
+    async def wait_closed(self) -> None:
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=1.0)

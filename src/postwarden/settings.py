@@ -28,6 +28,9 @@ from typing import Any, NoReturn, TypeVar
 from urllib.parse import urlsplit
 
 from postwarden.errors import ConfigError, UsageError, clip
+from postwarden.logs.watch_settings import WatchSettings
+from postwarden.milter.dmarc import DmarcSettings
+from postwarden.milter.milter_settings import MilterSettings
 from postwarden.milter.signing import SigningSettings
 from postwarden.policy.greylist import GreylistSettings
 from postwarden.policy.ratelimit import COUNTS, KEYS, STAGES, RateLimitSettings, RateRule
@@ -38,6 +41,7 @@ DEFAULT_PATH = Path("/etc/postwarden/postwarden.toml")
 DEFAULT_SOCKET = "/var/spool/postfix/postwarden/policy"
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 MAX_DURATION = 366 * 86400
+MAX_WORKERS = 64
 _DURATION = re.compile(r"([0-9]{1,9})([smhdw]?)\Z")
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,31}\Z")  # a user or group name, or a number
 # access(5) words a fail-safe or a rate-limit action may start with.
@@ -115,6 +119,7 @@ class PolicydSettings:
     budget: int = 30                 # seconds for one whole decision
     failsafe_action: str = "DUNNO"
     dry_run: bool = False
+    workers: int = 1                 # processes serving the same sockets (postwarden.prefork)
 
 
 @dataclass(frozen=True)
@@ -142,6 +147,9 @@ class Settings:
     spf: SpfSettings = field(default_factory=SpfSettings)
     ratelimit: RateLimitSettings = field(default_factory=RateLimitSettings)
     dkim: SigningSettings = field(default_factory=SigningSettings)
+    milter: MilterSettings = field(default_factory=MilterSettings)
+    dmarc: DmarcSettings = field(default_factory=DmarcSettings)
+    watch: WatchSettings = field(default_factory=WatchSettings)
     path: str = ""                           # where they came from ("" for defaults)
 
     def summary(self) -> str:
@@ -156,12 +164,14 @@ class Settings:
             else "ratelimit off",
             f"budget {p.budget}s", f"failsafe {p.failsafe_action}",
         ]
+        if p.workers > 1:
+            parts.append(f"workers {p.workers}")
         if p.dry_run:
             parts.append("dry-run")
         return f"{self.path or 'built-in defaults'}: ok: " + "; ".join(parts)
 
 
-class _Section:
+class Section:
     """Typed access to one table; remembers the keys read so the rest can be refused."""
 
     def __init__(self, path: Path, name: str, table: object) -> None:
@@ -240,11 +250,49 @@ class _Section:
             self.fail(unknown[0], "unknown key")
 
 
-def _account(section: _Section, key: str) -> str | None:
+_Section = Section  # the name the section readers below were written with
+
+
+def account(section: Section, key: str) -> str | None:
+    """A user or group name (or number) from ``key``, or None when not given."""
     value = section.string(key, None)
     if value is not None and not _NAME.match(value):
         section.fail(key, f"{clip(value)!r} is not a user or group name")
     return value
+
+
+_account = account
+
+
+def socket_mode(section: Section, default: int) -> int:
+    """``socket_mode``: an integer (0o660) or an octal string ("0660")."""
+    mode = section._get("socket_mode", (int, str), "an octal mode (0o660 or \"0660\")",
+                        default)
+    if isinstance(mode, str):
+        mode = int(mode, 8) if re.fullmatch(r"0?[0-7]{3}", mode) else -1
+    if not 0 <= mode <= 0o777:
+        section.fail("socket_mode", "expected a permission mode from 0o000 to 0o777")
+    return int(mode)
+
+
+def check_store_url(url: str) -> str:
+    """A store URL: ``sqlite:///ABSOLUTE/PATH`` or ``redis://HOST[:PORT][/DB]``."""
+    scheme = url.split(":", 1)[0]
+    if scheme == "sqlite":
+        if not url.startswith("sqlite:///") or "\0" in url:
+            raise ValueError("expected sqlite:///ABSOLUTE/PATH (the path after sqlite://)")
+        return url
+    if scheme in ("redis", "rediss"):
+        try:
+            parts = urlsplit(url)
+            port = parts.port
+        except ValueError:
+            raise ValueError("expected redis://HOST[:PORT][/DB]") from None
+        db = parts.path.lstrip("/")
+        if not parts.hostname or (db and not db.isdigit()) or (port is not None and port == 0):
+            raise ValueError("expected redis://HOST[:PORT][/DB]")
+        return url
+    raise ValueError(f"unknown scheme {clip(scheme)!r}: expected sqlite:/// or redis://")
 
 
 def _policyd(section: _Section) -> PolicydSettings:
@@ -253,12 +301,7 @@ def _policyd(section: _Section) -> PolicydSettings:
                    for text in section.strings("listen", tuple(str(e) for e in d.listen)))
     if not listen:
         section.fail("listen", "needs at least one endpoint")
-    mode = section._get("socket_mode", (int, str), "an octal mode (0o660 or \"0660\")",
-                        d.socket_mode)
-    if isinstance(mode, str):
-        mode = int(mode, 8) if re.fullmatch(r"0?[0-7]{3}", mode) else -1
-    if not 0 <= mode <= 0o777:
-        section.fail("socket_mode", "expected a permission mode from 0o000 to 0o777")
+    mode = socket_mode(section, d.socket_mode)
     result = PolicydSettings(
         listen=listen, socket_mode=mode,
         socket_owner=_account(section, "socket_owner"),
@@ -268,29 +311,14 @@ def _policyd(section: _Section) -> PolicydSettings:
         failsafe_action=section.convert(
             "failsafe_action", section.string("failsafe_action", d.failsafe_action),
             check_action),
-        dry_run=section.boolean("dry_run", d.dry_run))
+        dry_run=section.boolean("dry_run", d.dry_run),
+        workers=section.integer("workers", d.workers, 1, MAX_WORKERS))
     section.done()
     return result
 
 
 def _store(section: _Section) -> StoreSettings:
-    url = section.string("url", StoreSettings.url)
-    scheme = url.split(":", 1)[0]
-    if scheme == "sqlite":
-        if not url.startswith("sqlite:///") or "\0" in url:
-            section.fail("url", "expected sqlite:///ABSOLUTE/PATH (the path after sqlite://)")
-    elif scheme in ("redis", "rediss"):
-        try:
-            parts = urlsplit(url)
-            port = parts.port
-        except ValueError:
-            parts, port = None, None
-        db = parts.path.lstrip("/") if parts else "x"
-        if parts is None or not parts.hostname or (db and not db.isdigit()) or (
-                port is not None and port == 0):
-            section.fail("url", "expected redis://HOST[:PORT][/DB]")
-    else:
-        section.fail("url", f"unknown scheme {clip(scheme)!r}: expected sqlite:/// or redis://")
+    url = section.convert("url", section.string("url", StoreSettings.url), check_store_url)
     section.done()
     return StoreSettings(url)
 
@@ -404,9 +432,30 @@ def _dkim(section: _Section) -> SigningSettings:
     return SigningSettings.from_toml(section.table, section.path)
 
 
+def _milter(section: _Section) -> MilterSettings:
+    """``[milter]``: the milter daemon (postwarden.milter.milter_settings)."""
+    section.used = set(section.table)
+    return MilterSettings.from_toml(section.table, section.path)
+
+
+def _dmarc(section: _Section) -> DmarcSettings:
+    """``[dmarc]``: DMARC evaluation and reports (postwarden.milter.dmarc checks it)."""
+    section.used = set(section.table)
+    return DmarcSettings.from_toml(section.table, section.path)
+
+
+def _watch(section: _Section, store: StoreSettings | None = None) -> WatchSettings:
+    """``[watch]``: the log watcher (postwarden.logs.watch_settings checks it); its bans
+    are kept in the ``[store]`` url, when one is given, unless it names a store of its own."""
+    section.used = set(section.table)
+    return WatchSettings.from_toml(section.table, section.path,
+                                   store=store.url if store is not None else None)
+
+
 SECTIONS: dict[str, Callable[[_Section], object]] = {
     "policyd": _policyd, "store": _store, "greylist": _greylist, "spf": _spf,
-    "ratelimit": _ratelimit, "dkim": _dkim,
+    "ratelimit": _ratelimit, "dkim": _dkim, "milter": _milter, "dmarc": _dmarc,
+    "watch": _watch,
 }
 
 
@@ -416,7 +465,10 @@ def parse(data: dict[str, Any], path: Path) -> Settings:
         if name not in SECTIONS:
             raise ConfigError(path, None, f"{clip(name)}: unknown section")
     built = {name: read(_Section(path, name, data.get(name, {})))
-             for name, read in SECTIONS.items()}
+             for name, read in SECTIONS.items() if name != "watch"}
+    store = built["store"] if "url" in data.get("store", {}) else None
+    built["watch"] = _watch(_Section(path, "watch", data.get("watch", {})),
+                            store)  # type: ignore[arg-type]
     settings = Settings(path=str(path), **built)  # type: ignore[arg-type]
     if settings.spf.enabled and settings.spf.lookup_time >= settings.policyd.budget:
         raise ConfigError(path, None, f"spf.lookup_time: {settings.spf.lookup_time:g} s must be "

@@ -8,6 +8,7 @@ Standards: none.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import shutil
 import socket
@@ -30,6 +31,7 @@ from postwarden.policy.store import (
     Store,
     StoreError,
     Triplet,
+    greylist_request,
     open_store,
     rate_step,
 )
@@ -157,6 +159,46 @@ def test_auto_whitelist_counts_once_an_hour(store_url: str) -> None:
         assert [(e.client, e.count) for e in listed] == [("192.0.2.7", 2), ("192.0.2.8", 5)]
         assert await store.delete_awl("192.0.2.8") == 1
         assert await store.awl_count("192.0.2.8", NOW) == 0
+    run(store_url, body)
+
+
+@pytest.mark.parametrize("composed", [False, True])
+def test_one_greylist_call_per_request(store_url: str, composed: bool) -> None:
+    """``Store.greylist``: the triplet's attempt, the first pass counted for the client
+    (once an hour), and from ``awl_clients`` passes on the client let through untouched.
+    The same from ``greylist_request``, the reference made of the single steps."""
+    client = "192.0.2.77"
+
+    async def body(store: Store) -> None:
+        greylist = functools.partial(greylist_request, store) if composed else \
+            store.greylist
+        whitelisted = []
+        for n in range(5):
+            now = NOW + n * 3600
+            triplet = Triplet("192.0.2.0", f"s{chr(97 + n)}@x", "r@y")
+            first = await greylist(triplet, client, now, TIMING, 5)
+            assert first.attempt is not None and first.attempt.previous_last is None
+            assert not first.whitelisted_now
+            passing = await greylist(triplet, client, now + 300, TIMING, 5)
+            assert passing.attempt is not None and not passing.attempt.passed_before
+            whitelisted.append(passing.whitelisted_now)
+            again = await greylist(triplet, client, now + 400, TIMING, 5)
+            if n < 4:
+                assert again.attempt is not None and again.attempt.passed_before
+            else:  # the fifth pass whitelisted the client
+                assert again.attempt is None
+        assert whitelisted == [False, False, False, False, True]
+        later = NOW + 5 * 3600
+        new = Triplet("192.0.2.0", "new@x", "r@y")
+        skipped = await greylist(new, client, later, TIMING, 5)
+        assert skipped.attempt is None and not skipped.whitelisted_now
+        assert await store.list_triplets(later, limit=100) and all(
+            e.sender != "new@x" for e in await store.list_triplets(later, limit=100))
+        assert await store.awl_count(client, later) == 5  # moves at most once an hour
+        assert await greylist(new, client, later + 3600, TIMING, 5) == skipped
+        assert await store.awl_count(client, later + 3600) == 6
+        off = await greylist(new, client, later, TIMING, 0)
+        assert off.attempt is not None and off.attempt.previous_last is None
     run(store_url, body)
 
 
@@ -335,6 +377,70 @@ def test_sqlite_survives_a_killed_process(tmp_path: Path) -> None:
     run(url, body)
 
 
+@pytest.mark.parametrize("hold", [0.02, 0.3])
+def test_sqlite_waits_for_a_foreign_write_lock_without_blocking_the_loop(
+        tmp_path: Path, hold: float) -> None:
+    """Another process's transaction: short ones are waited for on the loop, long ones on
+    the worker thread; either way the loop keeps running and the answer comes after."""
+    import sqlite3
+    url = f"sqlite://{tmp_path}/state.db"
+
+    async def body(store: Store) -> None:
+        await store.greylist_attempt(TRIPLET, NOW, TIMING)  # creates the file
+        other = sqlite3.connect(tmp_path / "state.db", isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        loop = asyncio.get_running_loop()
+        loop.call_later(hold, other.execute, "COMMIT")
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.005)
+                ticks += 1
+
+        ticking = asyncio.create_task(ticker())
+        started = time.monotonic()
+        results = await asyncio.gather(*(store.greylist_attempt(
+            Triplet("192.0.2.0", f"s{i}@x", "r@y"), NOW, TIMING) for i in range(20)))
+        waited = time.monotonic() - started
+        ticking.cancel()
+        other.close()
+        assert all(r.first == NOW and r.previous_last is None for r in results)
+        assert waited >= hold * 0.9
+        assert ticks >= max(1, hold / 0.005 / 6)  # the loop ran while the lock was held
+        assert len(await store.list_triplets(NOW)) == 21
+    run(url, body)
+
+
+def test_sqlite_group_commit_and_cancelled_callers(tmp_path: Path) -> None:
+    """Calls made in one pass of the loop share one transaction; a caller that gave up
+    before its turn writes nothing; a failing job fails alone."""
+    url = f"sqlite://{tmp_path}/state.db"
+
+    async def body(store: Store) -> None:
+        from postwarden.policy.store.sqlite import SqliteStore
+        assert isinstance(store, SqliteStore)
+        await store.awl_count("x", NOW)
+        seen: list[str] = []
+        db = store._loop_db
+        assert db is not None
+        db.set_trace_callback(seen.append)
+        calls = [asyncio.ensure_future(store.greylist_attempt(
+            Triplet("192.0.2.0", f"s{i}@x", "r@y"), NOW, TIMING)) for i in range(5)]
+        calls[2].cancel()
+        bad = asyncio.ensure_future(store._run(lambda db: db.execute("DELETE FROM nowhere")))
+        outcomes = await asyncio.gather(*calls, bad, return_exceptions=True)
+        db.set_trace_callback(None)
+        assert isinstance(outcomes[-1], StoreError) and "nowhere" in str(outcomes[-1])
+        assert isinstance(outcomes[2], asyncio.CancelledError)
+        assert [line for line in seen if line in ("BEGIN IMMEDIATE", "COMMIT")] == \
+            ["BEGIN IMMEDIATE", "COMMIT"]
+        keys = [e.sender for e in await store.list_triplets(NOW)]
+        assert keys == ["s0@x", "s1@x", "s3@x", "s4@x"]
+    run(url, body)
+
+
 def test_redis_restart_loses_nothing(tmp_path: Path) -> None:
     server = RedisServer(tmp_path)
     server.start()
@@ -403,8 +509,87 @@ def test_sqlite_uses_wal(tmp_path: Path) -> None:
     import sqlite3
     with sqlite3.connect(tmp_path / "state.db") as db:
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert db.execute("PRAGMA user_version").fetchone()[0] == 1
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 2
     assert os.path.exists(tmp_path / "state.db")
+
+
+def test_sqlite_wal_is_checkpointed_and_reused(tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under a steady stream of writes the WAL does not grow without end: checkpoints
+    copy it and, past RESTART_FRAMES, it starts again from its beginning."""
+    from postwarden.policy.store import sqlite
+    monkeypatch.setattr(sqlite, "CHECKPOINT_JOBS", 500)
+    monkeypatch.setattr(sqlite, "RESTART_FRAMES", 512)
+    total = 8000
+
+    async def body(store: Store) -> None:
+        for start in range(0, total, 100):
+            # keys all over the table, so that each group dirties many pages
+            await asyncio.gather(*(store.greylist_attempt(
+                Triplet(f"10.0.0.{i * 7919 % total}", "s@x", "r@y"), NOW, TIMING)
+                for i in range(start, start + 100)))
+        # Without restarts this stream leaves a WAL of about half a page per write
+        # (18 MB); with them, about RESTART_FRAMES plus what comes during a checkpoint.
+        assert (tmp_path / "state.db-wal").stat().st_size < 2_000 * 4096
+        assert len(await store.list_triplets(NOW, limit=total)) == total
+    run(f"sqlite://{tmp_path}/state.db", body)
+
+
+def test_sqlite_schema_1_is_migrated(tmp_path: Path) -> None:
+    """Version 1 had an index on expires (and on client) per table; version 2 drops them
+    and keeps every record."""
+    import sqlite3
+    path = tmp_path / "state.db"
+    with sqlite3.connect(path) as db:
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("CREATE TABLE greylist (key TEXT PRIMARY KEY, client TEXT NOT NULL, "
+                   "sender TEXT NOT NULL, recipient TEXT NOT NULL, first INTEGER NOT NULL, "
+                   "last INTEGER NOT NULL, expires REAL NOT NULL) WITHOUT ROWID")
+        db.execute("CREATE INDEX greylist_expires ON greylist (expires)")
+        db.execute("CREATE INDEX greylist_client ON greylist (client)")
+        db.execute("CREATE TABLE awl (client TEXT PRIMARY KEY, count INTEGER NOT NULL, "
+                   "last INTEGER NOT NULL, expires REAL NOT NULL) WITHOUT ROWID")
+        db.execute("CREATE INDEX awl_expires ON awl (expires)")
+        db.execute("CREATE TABLE rate (key TEXT PRIMARY KEY, a REAL NOT NULL, b REAL NOT NULL,"
+                   " c REAL NOT NULL, expires REAL NOT NULL) WITHOUT ROWID")
+        db.execute("CREATE INDEX rate_expires ON rate (expires)")
+        db.execute("INSERT INTO greylist VALUES (?,?,?,?,?,?,?)",
+                   (TRIPLET.key, TRIPLET.client, TRIPLET.sender, TRIPLET.recipient, NOW, NOW,
+                    NOW + 1000.0))
+        db.execute("PRAGMA user_version=1")
+    db.close()
+
+    async def body(store: Store) -> None:
+        again = await store.greylist_attempt(TRIPLET, NOW + 10, TIMING)
+        assert (again.first, again.previous_last) == (NOW, NOW)
+    run(f"sqlite://{path}", body)
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert db.execute("SELECT name FROM sqlite_master WHERE type='index' "
+                          "AND sql IS NOT NULL").fetchall() == []
+    db.close()
+
+
+def test_sqlite_expiry_sweeps_a_big_table_in_bounded_steps(tmp_path: Path) -> None:
+    """Expiry looks at a bounded key range per call, so due records far apart in key
+    order are all found within a few calls, and live ones stay."""
+    from postwarden.policy.store.sqlite import SWEEP_ROWS
+
+    async def body(store: Store) -> None:
+        total = SWEEP_ROWS * 3
+        for i in range(total):
+            # every 7th triplet passed (lives 35 days); the others are due after 2 days
+            await store.greylist_attempt(Triplet(f"10.{i // 256}.{i % 256}.0", "s@x", "r@y"),
+                                         NOW, TIMING)
+            if i % 7 == 0:
+                await store.greylist_attempt(
+                    Triplet(f"10.{i // 256}.{i % 256}.0", "s@x", "r@y"), NOW + 300, TIMING)
+        later = NOW + TIMING.retry_window + 1000
+        deleted = [await store.expire(later, 10_000) for _ in range(4)]
+        assert sum(deleted) == total - len(range(0, total, 7))
+        assert deleted[-1] == 0
+        assert len(await store.list_triplets(later, limit=total)) == len(range(0, total, 7))
+    run(f"sqlite://{tmp_path}/state.db", body)
 
 
 def test_cli_greylist_list_delete_whitelist(tmp_path: Path,

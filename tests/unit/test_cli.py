@@ -91,7 +91,14 @@ def test_usage_error_is_one_line() -> None:
 
 
 def run_as_nobody(*args: str) -> tuple[int, str]:
-    """Run the CLI in a forked child that has dropped to uid/gid 65534 (root bypasses modes)."""
+    """Run the CLI in a forked child that has dropped to uid/gid 65534 (root bypasses modes).
+
+    The commands import their modules when they run; the child may no longer read a
+    virtual environment under root's home, so they are imported here, before the fork."""
+    import postwarden.postfix.check
+    import postwarden.postfix.config
+    import postwarden.postfix.postconf  # noqa: F401 - imported for the child
+
     read_fd, write_fd = os.pipe()
     pid = os.fork()
     if pid == 0:  # child

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import TYPE_CHECKING
 
 from postwarden.cli.common import (
     DEFAULT_CONFIG_DIR,
@@ -20,10 +21,11 @@ from postwarden.cli.common import (
     warn,
 )
 from postwarden.errors import ConfigError
-from postwarden.postfix import postconf
-from postwarden.postfix.check import SEVERITIES, check
-from postwarden.postfix.config import PostfixConfig
-from postwarden.postfix.expand import ExpansionError
+from postwarden.severity import SEVERITIES
+
+if TYPE_CHECKING:
+    from postwarden.postfix.config import PostfixConfig
+    from postwarden.postfix.expand import ExpansionError
 
 
 def add(commands: Subparsers) -> None:
@@ -80,6 +82,10 @@ def add(commands: Subparsers) -> None:
 
 def _config_show(args: argparse.Namespace) -> int:
     """``config show``: print what postconf prints with the same flags."""
+    from postwarden.postfix import postconf
+    from postwarden.postfix.config import PostfixConfig
+    from postwarden.postfix.expand import ExpansionError
+
     config = PostfixConfig.load(args.config_dir)
     for warning in config.warnings:
         if warning.code != "missing-master" or args.master or args.params:
@@ -111,6 +117,8 @@ def _config_show(args: argparse.Namespace) -> int:
 
 def _locate(config: PostfixConfig, exc: ExpansionError) -> ConfigError:
     """Name the file and line of the first value that fails to expand like this."""
+    from postwarden.postfix.expand import ExpansionError
+
     for definition in config.main:
         try:
             config.expand(definition.value)
@@ -129,6 +137,9 @@ def _locate(config: PostfixConfig, exc: ExpansionError) -> ConfigError:
 
 def _config_check(args: argparse.Namespace) -> int:
     """``config check``: postconf's warnings and more, each with file:line and a fix."""
+    from postwarden.postfix.check import check
+    from postwarden.postfix.config import PostfixConfig
+
     config = PostfixConfig.load(args.config_dir)
     findings = check(config)
     if args.format == "json":
@@ -154,6 +165,7 @@ def _audit(args: argparse.Namespace) -> int:
     from postwarden.audit.engine import audit
     from postwarden.audit.model import Severity
     from postwarden.audit.roles import parse_roles
+    from postwarden.postfix.config import PostfixConfig
 
     if args.list_rules:
         print(render.list_rules(args.format))

@@ -56,7 +56,7 @@ def _policyd(args: argparse.Namespace) -> int:
         return EXIT_OK
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(levelname)s: %(message)s")
-    return server.run(loaded, metrics)
+    return server.run(loaded, metrics, workers=loaded.policyd.workers)
 
 
 def _add_spf(commands: Subparsers) -> None:

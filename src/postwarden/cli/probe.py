@@ -14,7 +14,7 @@ from postwarden.cli.common import (
     Subparsers,
 )
 from postwarden.errors import UsageError
-from postwarden.postfix.check import SEVERITIES
+from postwarden.severity import SEVERITIES
 
 
 def add(commands: Subparsers) -> None:

@@ -23,8 +23,11 @@ Theory of operation
    ``negotiate`` picks what we use: actions masked by the offer; ``SMFIP_HDR_LEADSPC`` when
    offered, so a header value arrives with the bytes after the colon exactly as sent
    (without it Postfix drops one space and ``c=simple`` DKIM breaks); ``SMFIP_NO*`` steps
-   only where offered. We never ask for ``SMFIP_NR_*``: every command except MACRO, ABORT,
-   QUIT and QUIT_NC gets exactly one reply (``needs_reply``).
+   only where offered. ``SMFIP_NR_*`` (the MTA does not wait for a reply to that step)
+   only when the caller asks for them, for steps its handler always continues at: then
+   the MTA sends the headers and body without waiting, many packets arrive in one read,
+   and a message costs a few round trips instead of one per header. Every other command
+   except MACRO, ABORT, QUIT and QUIT_NC gets exactly one reply (``needs_reply``).
 3. MACRO ('D') carries the stage command byte and name/value pairs and comes *before*
    the command it belongs to; Postfix sends only macros whose values changed.
 4. Replies are built by pure functions: verdicts (``Verdict``, ``ReplyCode``) and the
@@ -128,6 +131,8 @@ SMFIP_NR_BODY = 0x80000
 SMFIP_HDR_LEADSPC = 0x100000
 SMFIP_NO_FLAGS = (SMFIP_NOCONNECT | SMFIP_NOHELO | SMFIP_NOMAIL | SMFIP_NORCPT | SMFIP_NOBODY
                   | SMFIP_NOHDRS | SMFIP_NOEOH | SMFIP_NOUNKNOWN | SMFIP_NODATA)
+SMFIP_NR_FLAGS = (SMFIP_NR_CONN | SMFIP_NR_HELO | SMFIP_NR_MAIL | SMFIP_NR_RCPT | SMFIP_NR_DATA
+                  | SMFIP_NR_UNKN | SMFIP_NR_EOH | SMFIP_NR_BODY | SMFIP_NR_HDR)
 
 # -- macro stages for the OPTNEG symbol lists (mfapi.h) --------------------------------------
 
@@ -358,6 +363,10 @@ _EMPTY: dict[bytes, Event] = {
 
 def decode_packet(command: bytes, data: bytes) -> Event:
     """One packet's command byte and data as an event."""
+    if command == SMFIC_HEADER:  # the most frequent first
+        return _header(data)
+    if command == SMFIC_BODY:
+        return Body(data)
     if command in _EMPTY:
         if data:
             raise MilterProtocolError(f"command {command!r}: unexpected {len(data)} data bytes")
@@ -374,10 +383,6 @@ def decode_packet(command: bytes, data: bytes) -> Event:
         return MailFrom(_args(data, "mail"))
     if command == SMFIC_RCPT:
         return RcptTo(_args(data, "rcpt"))
-    if command == SMFIC_HEADER:
-        return _header(data)
-    if command == SMFIC_BODY:
-        return Body(data)
     if command == SMFIC_BODYEOB:
         return EndOfMessage(data)
     if command == SMFIC_UNKNOWN:
@@ -450,13 +455,16 @@ class Negotiated:
     macros: Mapping[int, tuple[str, ...]] = field(default_factory=dict, hash=False)
 
 
-def negotiate(offer: OptNeg, *, actions: int, skip: int = 0,
+def negotiate(offer: OptNeg, *, actions: int, skip: int = 0, no_reply: int = 0,
               macros: Mapping[int, Sequence[str]] | None = None) -> Negotiated:
-    """Agree on ``actions`` we want (masked by the offer) and the steps we ``skip``
-    (``SMFIP_NO*`` flags, each used only where offered); ask for HDR_LEADSPC if offered."""
+    """Agree on ``actions`` we want (masked by the offer), the steps we ``skip``
+    (``SMFIP_NO*`` flags) and the steps we do not answer (``no_reply``, ``SMFIP_NR_*``
+    flags), each used only where offered; ask for HDR_LEADSPC if offered."""
     if skip & ~SMFIP_NO_FLAGS:
         raise MilterReplyError(f"skip: {skip:#x} holds flags other than SMFIP_NO*")
-    protocol = skip & offer.protocol
+    if no_reply & ~SMFIP_NR_FLAGS:
+        raise MilterReplyError(f"no_reply: {no_reply:#x} holds flags other than SMFIP_NR_*")
+    protocol = (skip | no_reply) & offer.protocol
     if offer.protocol & SMFIP_HDR_LEADSPC:
         protocol |= SMFIP_HDR_LEADSPC
     lists = {stage: tuple(names) for stage, names in (macros or {}).items() if names}

@@ -231,6 +231,7 @@ class SigningDecision:
     sign: bool
     keys: tuple[SigningKey, ...]
     reasons: tuple[str, ...]
+    internal: bool = False      # the sender is internal (network, SASL, daemon_name)
 
 
 def _macro(macros: Mapping[str, str], name: str) -> str:
@@ -257,7 +258,7 @@ def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     return address
 
 
-def _internal(settings: SigningSettings, macros: Mapping[str, str],
+def is_internal(settings: SigningSettings, macros: Mapping[str, str],
               client_address: str | None) -> tuple[bool, str]:
     """Whether the sender is internal, with one sentence saying why."""
     client = "client" if not client_address else f"client {clip(client_address)}"
@@ -333,7 +334,7 @@ def decide(settings: SigningSettings, *, from_header_domain: str | None,
            macros: Mapping[str, str], client_address: str | None) -> SigningDecision:
     """Whether to sign a message, with which keys, and why. Never raises."""
     reasons: list[str] = []
-    internal, why = _internal(settings, macros, client_address)
+    internal, why = is_internal(settings, macros, client_address)
     reasons.append(why)
     keys: tuple[SigningKey, ...] = ()
     domain = normalize_domain(from_header_domain) if from_header_domain else None
@@ -366,7 +367,8 @@ def decide(settings: SigningSettings, *, from_header_domain: str | None,
             f"d={k.domain} s={k.selector} a={k.algorithm}" for k in keys))
     elif not internal:
         reasons.append("mail from a sender that is not internal is not signed")
-    return SigningDecision(sign=sign, keys=keys if sign else (), reasons=tuple(reasons))
+    return SigningDecision(sign=sign, keys=keys if sign else (), reasons=tuple(reasons),
+                           internal=internal)
 
 
 # -- loading the [dkim] table ---------------------------------------------------------

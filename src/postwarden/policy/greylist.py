@@ -23,7 +23,8 @@ Only requests at ``protocol_state=RCPT`` are greylisted. In order, as postgrey d
    the mail is not greylisted.
 5. Auto-whitelist: a client address (the full address, as postgrey) with at least
    ``auto_whitelist_clients`` passes is let through; its counter moves at most once an
-   hour, which also keeps it from expiring.
+   hour, which also keeps it from expiring. Steps 5 to 7 are one store call
+   (``store.greylist``): one atomic step and one commit on SQLite.
 6. The triplet: the client's network (/24 IPv4, /64 IPv6) -- + or, when SPF passed for
    the sender's domain and ``key_by_spf_domain`` is ``domain``, that domain, so a
    sender's whole pool of outbound addresses counts as one client --, the normalised
@@ -63,7 +64,7 @@ DEFAULT_TEXT = "Greylisted, see https://postgrey.schweikert.ch/help/%r.html"
 DEFAULT_HEADER = "X-Greylist: delayed %t seconds by postwarden-%v at %h; %d"
 SPF_MODES = ("domain", "skip", "off")
 INSTANCES_KEPT = 10
-REQUIRED = ("client_address", "client_name", "recipient", "sender")
+REQUIRED = frozenset(("client_address", "client_name", "recipient", "sender"))
 _DIGIT_WORD = re.compile(r"\b\d+\b", re.ASCII)
 _BATV_TAG = re.compile(r"[0-9a-z]{10}")
 
@@ -113,8 +114,10 @@ def normalize_sender(sender: str) -> str:
 def client_network(address: ipaddress.IPv4Address | ipaddress.IPv6Address,
                    settings: GreylistSettings) -> str:
     """The network address of the client at the configured prefix length."""
-    bits = settings.ipv4_cidr if address.version == 4 else settings.ipv6_cidr
-    return str(ipaddress.ip_network(f"{address}/{bits}", strict=False).network_address)
+    width = address.max_prefixlen
+    bits = settings.ipv4_cidr if width == 32 else settings.ipv6_cidr
+    host_bits = (1 << (width - bits)) - 1
+    return str(type(address)(int(address) & ~host_bits))
 
 
 class Greylist:
@@ -136,6 +139,7 @@ class Greylist:
         self.exempt = tuple(ipaddress.ip_network(net, strict=False)
                             for net in settings.exempt_networks)
         self._instances: deque[str] = deque(maxlen=INSTANCES_KEPT)
+        self.timing = settings.timing
 
     def _pass(self, reason: str) -> Verdict:
         return Verdict("DUNNO", self.name, reason)
@@ -143,7 +147,7 @@ class Greylist:
     async def check(self, request: PolicyRequest, findings: Findings) -> Verdict | None:
         if request.protocol_state != "RCPT":
             return None
-        if any(name not in request.attributes for name in REQUIRED):
+        if not request.attributes.keys() >= REQUIRED:
             return None
         address = request.client_ip
         if address is None:
@@ -161,24 +165,23 @@ class Greylist:
             return self._pass("spf pass")
         now = int(self.clock.now())
         settings = self.settings
-        awl = settings.auto_whitelist_clients
-        client_key = str(address)
-        if awl and await self.store.awl_count(client_key, now) >= awl:
-            await self.store.awl_bump(client_key, now, settings.max_age)
-            return self._pass("client AWL")
         if spf_domain and settings.key_by_spf_domain == "domain":
             client = spf_domain
         else:
             client = client_network(address, settings)
         triplet = Triplet(client.lower(), normalize_sender(request.sender).lower(),
                           request.recipient.lower())
-        attempt = await self.store.greylist_attempt(triplet, now, settings.timing)
+        client_key = str(address)
+        outcome = await self.store.greylist(triplet, client_key, now, self.timing,
+                                            settings.auto_whitelist_clients)
+        attempt = outcome.attempt
+        if attempt is None:
+            return self._pass("client AWL")
+        if outcome.whitelisted_now:
+            log.info("greylist: whitelisted client=%s count=%d", client_key,
+                     settings.auto_whitelist_clients)
         waited = now - attempt.first
         left = settings.delay - waited
-        if awl and left <= 0 and not attempt.passed_before:
-            count = await self.store.awl_bump(client_key, now, settings.max_age)
-            if count == awl:
-                log.info("greylist: whitelisted client=%s count=%d", client_key, count)
         if left > 0:
             kind = "new" if attempt.first == now else f"early-retry ({left}s missing)"
             return Verdict(f"{settings.action} {self._text(request, left)}", self.name,

@@ -21,12 +21,22 @@ network.
 from __future__ import annotations
 
 import enum
+import functools
 import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+@functools.lru_cache(maxsize=4096)
+def parse_address(text: str) -> IPAddress | None:
+    """An IP address, or None; cached, since smtpd asks once per RCPT of a client."""
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        return None
 
 
 @dataclass(frozen=True)
@@ -48,10 +58,7 @@ class PolicyRequest:
 
     @property
     def client_ip(self) -> IPAddress | None:
-        try:
-            return ipaddress.ip_address(self.client_address)
-        except ValueError:
-            return None
+        return parse_address(self.client_address)
 
     @property
     def client_name(self) -> str:

@@ -52,14 +52,16 @@ def resolve(user: str, group: str | None) -> Account:
     return Account(entry.pw_name, entry.pw_uid, gid)
 
 
-def drop_privileges(user: str | None, group: str | None) -> Account | None:
-    """Become ``user``:``group`` for good; None when nothing was to be done."""
+def drop_privileges(user: str | None, group: str | None, *,
+                    section: str = "policyd") -> Account | None:
+    """Become ``user``:``group`` for good; None when nothing was to be done. ``section``
+    names the postwarden.toml section that sets them, for the error message."""
     if os.geteuid() != 0:
         if user is not None and lookup_user(user).pw_uid != os.geteuid():
             raise PrivilegeError(f"cannot switch to user {user}: not running as root")
         return None
     if user is None:
-        raise PrivilegeError("refusing to run as root: set [policyd] user (and group) to "
+        raise PrivilegeError(f"refusing to run as root: set [{section}] user (and group) to "
                              "drop to, or user = \"root\" to stay root on purpose")
     account = resolve(user, group)
     if account.uid == 0:

@@ -18,8 +18,14 @@ Theory of operation
    every file opened afterwards belong to the unprivileged user.
 2. A connection task loops: ask the decoder for a request; if there is none, read and feed;
    otherwise decide, write the reply, drain. It never reads ahead of its reply, so smtpd's
-   strict request/response order holds and the decoder's buffer stays bounded.
-3. Shutdown (SIGTERM or SIGINT): stop accepting; cancel connections that wait for a
+   strict request/response order holds and the decoder's buffer stays bounded. A
+   connection idle for ``idle_timeout`` is closed by one timer per connection that each
+   read merely stamps, not by a timer per read.
+3. With ``workers`` above 1 (``run``), the bound sockets are served by that many forked
+   processes (``postwarden.prefork``); each has its own loop, counters and store
+   connection, and takes one connection per wakeup (``listen.SharedAcceptor``) so that a
+   burst of new connections spreads over the processes.
+4. Shutdown (SIGTERM or SIGINT): stop accepting; cancel connections that wait for a
    request; give connections in the middle of a decision ``grace`` seconds to answer;
    then cancel what is left and close.
 """
@@ -32,11 +38,12 @@ import contextlib
 import logging
 import signal
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
+from postwarden import prefork
 from postwarden.dns import DnsResolver
 from postwarden.errors import UsageError
-from postwarden.listen import BACKLOG, bind_tcp, bind_unix
+from postwarden.listen import SharedAcceptor, bind_tcp, bind_unix
 from postwarden.policy import privileges
 from postwarden.policy.protocol import ProtocolError, RequestDecoder, encode_reply
 from postwarden.policy.service import PolicyService, SystemClock, build_checks
@@ -89,7 +96,7 @@ class PolicyServer:
         # Postfix closes idle policy connections after max_idle (300 s) and any after
         # max_ttl (1000 s); a peer silent for much longer than that is not smtpd.
         self.idle_timeout = idle_timeout
-        self._servers: list[asyncio.Server] = []
+        self._servers: list[asyncio.Server | SharedAcceptor] = []
         self._idle: set[asyncio.Task[None]] = set()
         self._busy: set[asyncio.Task[None]] = set()
         self._tasks: set[asyncio.Task[None]] = set()  # strong references to all of them
@@ -98,13 +105,7 @@ class PolicyServer:
 
     async def start(self) -> None:
         for sock in self.sockets:
-            if sock.family == socket.AF_UNIX:
-                server = await asyncio.start_unix_server(self._accept, sock=sock,
-                                                        backlog=BACKLOG)
-            else:
-                server = await asyncio.start_server(self._accept, sock=sock,
-                                                   backlog=BACKLOG)
-            self._servers.append(server)
+            self._servers.append(SharedAcceptor(sock, self._accept))
         if self.metrics_socket is not None:
             self._servers.append(await asyncio.start_server(
                 self._scrape, sock=self.metrics_socket, limit=MAX_HTTP))
@@ -125,12 +126,13 @@ class PolicyServer:
         counters = self.service.counters
         counters.connections += 1
         self._idle.add(task)
+        idle = _IdleTimer(self.idle_timeout, lambda: self._idle_too_long(task, writer, peer))
         try:
             while not self._stopping:
                 request = decoder.next_request()
                 if request is None:
-                    async with asyncio.timeout(self.idle_timeout):
-                        data = await reader.read(READ_SIZE)
+                    data = await reader.read(READ_SIZE)
+                    idle.touch()
                     if not data:
                         if decoder.in_request:
                             log.info("policyd: %s disconnected in the middle of a request",
@@ -148,8 +150,6 @@ class PolicyServer:
         except ProtocolError as exc:
             counters.errors["protocol"] += 1
             log.warning("policyd: %s: protocol error, closing the connection: %s", peer, exc)
-        except TimeoutError:
-            log.info("policyd: %s idle for %g s, closing", peer, self.idle_timeout)
         except (ConnectionError, BrokenPipeError):
             pass
         except asyncio.CancelledError:
@@ -157,12 +157,23 @@ class PolicyServer:
         except Exception:
             log.exception("policyd: %s: internal error, closing the connection", peer)
         finally:
+            idle.cancel()
             self._idle.discard(task)
             self._busy.discard(task)
             counters.connections -= 1
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
+
+    def _idle_too_long(self, task: asyncio.Task[None], writer: asyncio.StreamWriter,
+                       peer: str) -> bool:
+        """The idle timer ran out: close the connection, unless a decision is in flight
+        (then the timer starts again)."""
+        if task not in self._idle:
+            return False
+        log.info("policyd: %s idle for %g s, closing", peer, self.idle_timeout)
+        writer.close()  # the connection's read sees the end and it finishes as usual
+        return True
 
     async def _scrape(self, reader: asyncio.StreamReader,
                       writer: asyncio.StreamWriter) -> None:
@@ -226,6 +237,34 @@ class PolicyServer:
         await self._stopped.wait()
 
 
+class _IdleTimer:
+    """Calls ``expire`` once nothing has touched it for ``limit`` seconds, unless
+    ``expire`` returns False (then it waits another ``limit``). A request costs one clock
+    reading here, not a timer of its own."""
+
+    def __init__(self, limit: float, expire: Callable[[], bool]) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.limit = limit
+        self.expire = expire
+        self.last = self.loop.time()
+        self.handle = self.loop.call_at(self.last + limit, self._check)
+
+    def touch(self) -> None:
+        self.last = self.loop.time()
+
+    def _check(self) -> None:
+        due = self.last + self.limit
+        if due <= self.loop.time():
+            if self.expire():
+                return
+            self.touch()
+            due = self.last + self.limit
+        self.handle = self.loop.call_at(due, self._check)
+
+    def cancel(self) -> None:
+        self.handle.cancel()
+
+
 def _peer(writer: asyncio.StreamWriter) -> str:
     name = writer.get_extra_info("peername")
     if isinstance(name, tuple) and len(name) >= 2:
@@ -281,8 +320,16 @@ async def _serve(server: PolicyServer, dry_run: bool) -> None:
 PRELOAD_CODECS = ("utf-8", "ascii", "latin-1", "unicode_escape", "idna", "punycode")
 
 
-def run(settings: Settings, metrics: tuple[str, int] | None = None) -> int:
-    """Bind, drop privileges, serve; the whole life of ``postwarden policyd``."""
+def run(settings: Settings, metrics: tuple[str, int] | None = None, workers: int = 1) -> int:
+    """Bind, drop privileges, serve; the whole life of ``postwarden policyd``.
+
+    With ``workers`` above 1, that many processes serve the same sockets
+    (``postwarden.prefork``), each with its own connection to the store; SQLite's write
+    lock orders them (see ``store.sqlite``). Counters are per process, so metrics need a
+    single worker.
+    """
+    if workers > 1 and metrics is not None:
+        raise UsageError("--metrics: the counters are per process; use it with one worker")
     p = settings.policyd
     for name in PRELOAD_CODECS:
         codecs.lookup(name)
@@ -302,5 +349,8 @@ def run(settings: Settings, metrics: tuple[str, int] | None = None) -> int:
     if account is not None:
         log.info("policyd: running as %s (uid %d, gid %d)", account.user, account.uid,
                  account.gid)
-    asyncio.run(serve(settings, sockets, metrics_socket))
-    return 0
+
+    def child() -> int:
+        asyncio.run(serve(settings, sockets, metrics_socket))
+        return 0
+    return prefork.run(workers, child, name="policyd")

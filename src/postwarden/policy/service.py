@@ -28,6 +28,8 @@ made, logged and counted as usual, and the reply is DUNNO.
 from __future__ import annotations
 
 import asyncio
+import bisect
+import itertools
 import logging
 import time
 from collections import Counter, OrderedDict
@@ -74,15 +76,20 @@ class Counters:
     requests: int = 0
     actions: Counter[tuple[str, str]] = field(default_factory=Counter)  # (check, word)
     errors: Counter[str] = field(default_factory=Counter)
-    buckets: list[int] = field(default_factory=lambda: [0] * len(LATENCY_BUCKETS))
+    _within: list[int] = field(default_factory=lambda: [0] * len(LATENCY_BUCKETS))
     latency_sum: float = 0.0
     connections: int = 0
 
     def observe(self, seconds: float) -> None:
         self.latency_sum += seconds
-        for i, bound in enumerate(LATENCY_BUCKETS):
-            if seconds <= bound:
-                self.buckets[i] += 1
+        first = bisect.bisect_left(LATENCY_BUCKETS, seconds)  # the first bound >= seconds
+        if first < len(LATENCY_BUCKETS):
+            self._within[first] += 1
+
+    @property
+    def buckets(self) -> list[int]:
+        """Cumulative counts: how many decisions took at most each bound."""
+        return list(itertools.accumulate(self._within))
 
     def prometheus(self) -> str:
         """The counters in the Prometheus text exposition format."""
@@ -115,7 +122,20 @@ class Counters:
 
 def _shown(text: str, limit: int = 200) -> str:
     """A request value for a key=value log field: escaped, clipped, without spaces."""
+    if _clean(text, limit) and " " not in text:
+        return text  # what clip() would return, found without encoding
     return clip(text, limit).replace(" ", "\\x20")
+
+
+def _free_text(text: str, limit: int = 200) -> str:
+    """The free-text end of a log line: escaped and clipped, spaces kept."""
+    return text if _clean(text, limit) else clip(text, limit)
+
+
+def _clean(text: str, limit: int) -> bool:
+    """Whether ``clip`` would return the text unchanged: short printable ASCII, no
+    backslash."""
+    return len(text) <= limit and text.isascii() and text.isprintable() and "\\" not in text
 
 
 class PolicyService:
@@ -156,10 +176,12 @@ class PolicyService:
         elapsed = self.clock() - started
         if findings.spf is not None and findings.spf.result is SpfResult.TEMPERROR:
             self.counters.errors["dns"] += 1  # RFC 7208 2.6.6: a DNS failure, answered
+        word = action_word(verdict.action)
         self.counters.requests += 1
-        self.counters.actions[verdict.check, action_word(verdict.action)] += 1
+        self.counters.actions[verdict.check, word] += 1
         self.counters.observe(elapsed)
-        self._log(request, verdict, elapsed)
+        if log.isEnabledFor(logging.INFO):
+            self._log(request, verdict, word, elapsed)
         if self.dry_run and verdict.action != "DUNNO":
             return Verdict("DUNNO", verdict.check, f"dry run, would answer {verdict.action}")
         return verdict
@@ -200,16 +222,17 @@ class PolicyService:
                   self.failsafe, exc_info=kind == "internal")
         return Verdict(self.failsafe, "failsafe", f"{kind} error in check {check}")
 
-    def _log(self, request: PolicyRequest, verdict: Verdict, elapsed: float) -> None:
+    def _log(self, request: PolicyRequest, verdict: Verdict, word: str,
+             elapsed: float) -> None:
         # The free text (the reason, the action's text) goes last, so the key=value part
         # before it splits on spaces.
         log.info("policyd: client=%s helo=%s sender=<%s> recipient=<%s> state=%s "
                  "action=%s check=%s ms=%.1f%s reason=%s",
                  _shown(request.client_address, 60), _shown(request.helo_name, 80),
                  _shown(request.sender), _shown(request.recipient),
-                 _shown(request.protocol_state, 20), action_word(verdict.action),
+                 _shown(request.protocol_state, 20), word,
                  verdict.check, elapsed * 1000, " dry_run=yes" if self.dry_run else "",
-                 clip(verdict.reason or verdict.action, 200))
+                 _free_text(verdict.reason or verdict.action))
 
 
 class SystemClock:

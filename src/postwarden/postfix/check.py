@@ -25,8 +25,7 @@ from dataclasses import dataclass
 
 from postwarden.postfix.config import PostfixConfig
 from postwarden.postfix.expand import ExpansionError, expand
-
-SEVERITIES = ("critical", "high", "medium", "low", "info")
+from postwarden.severity import SEVERITIES
 
 
 @dataclass(frozen=True)

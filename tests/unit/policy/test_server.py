@@ -25,6 +25,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from postwarden.listen import ListenError, bind_tcp, bind_unix
 from postwarden.policy import privileges
@@ -200,6 +202,24 @@ def test_log_line_escapes_request_values(caplog: pytest.LogCaptureFixture) -> No
     assert len(line) < 600
 
 
+@given(st.text(max_size=300), st.integers(min_value=1, max_value=250))
+def test_log_fields_are_what_clip_makes_of_them(text: str, limit: int) -> None:
+    """The shortcut for clean values changes nothing: the same text as ``clip``."""
+    from postwarden.errors import clip
+    from postwarden.policy.service import _free_text, _shown
+    assert _shown(text, limit) == clip(text, limit).replace(" ", "\\x20")
+    assert _free_text(text, limit) == clip(text, limit)
+
+
+@given(st.lists(st.floats(min_value=0, max_value=100, allow_nan=False)))
+def test_latency_buckets_are_cumulative(samples: list[float]) -> None:
+    from postwarden.policy.service import LATENCY_BUCKETS, Counters
+    counters = Counters()
+    for seconds in samples:
+        counters.observe(seconds)
+    assert counters.buckets == [sum(s <= bound for s in samples) for bound in LATENCY_BUCKETS]
+
+
 # --- the server ---------------------------------------------------------------------------
 
 def wire(sender: str, **extra: str) -> bytes:
@@ -283,6 +303,26 @@ def test_malformed_connection_does_not_disturb_another(caplog: pytest.LogCapture
     assert len(warnings) == 1 and "without '='" in warnings[0]
     assert any("disconnected in the middle of a request" in r.getMessage()
                for r in caplog.records)
+
+
+def test_idle_connection_is_closed_but_not_a_busy_one(
+        caplog: pytest.LogCaptureFixture) -> None:
+    async def main() -> None:
+        service = PolicyService([Echo(delay=0.5)], budget=5)
+        server = PolicyServer(service, [bind_tcp("127.0.0.1", 0)], idle_timeout=0.2)
+        await server.start()
+        host, port = server.addresses()[0][4:].rsplit(":", 1)
+        idle_r, _idle_w = await asyncio.open_connection(host, int(port))
+        busy_r, busy_w = await asyncio.open_connection(host, int(port))
+        # A decision longer than the idle limit is not cut; the connection then idles out.
+        assert await ask(busy_r, busy_w, "slow@x") == b"action=REJECT slow@x\n\n"
+        assert await asyncio.wait_for(idle_r.read(), 5) == b""
+        assert await asyncio.wait_for(busy_r.read(), 5) == b""
+        await server.stop()
+
+    with caplog.at_level(logging.INFO):
+        asyncio.run(main())
+    assert sum("idle for 0.2 s, closing" in r.getMessage() for r in caplog.records) == 2
 
 
 def test_shutdown_finishes_the_decision_in_flight() -> None:
@@ -456,6 +496,67 @@ def test_policyd_command_serves_and_stops_on_sigterm(tmp_path: Path) -> None:
     assert "action=DUNNO check=none" in stderr
     if os.geteuid() == 0:
         assert "running as nobody" in stderr
+
+
+def test_two_workers_share_the_socket_and_the_sqlite_state(tmp_path: Path) -> None:
+    """``server.run(workers=2)``: two processes answer on one socket, write one SQLite
+    file, and both stop on SIGTERM."""
+    config = tmp_path / "postwarden.toml"
+    user = 'user = "nobody"\ngroup = "nogroup"\n' if os.geteuid() == 0 else ""
+    state = Path(tempfile.mkdtemp(prefix="postwarden-state-"))
+    state.chmod(0o755)
+    if os.geteuid() == 0:
+        shutil.chown(state, "nobody", "nogroup")
+    port = free_port()
+    config.write_text(f'[policyd]\n{user}listen = ["tcp:127.0.0.1:{port}"]\n[store]\n'
+                      f'url = "sqlite://{state}/state.db"\n'
+                      "[spf]\nenabled = false\n[greylist]\nexempt_networks = []\n"
+                      "[ratelimit]\nenabled = false\n")
+    code = ("import logging, sys\nfrom pathlib import Path\n"
+            "from postwarden import settings\nfrom postwarden.policy import server\n"
+            "logging.basicConfig(level=logging.INFO)\n"
+            "raise SystemExit(server.run(settings.load(Path(sys.argv[1])), workers=2))\n")
+    process = subprocess.Popen([sys.executable, "-c", code, str(config)],
+                               stderr=subprocess.PIPE, text=True)
+
+    async def clients() -> list[bytes]:
+        async def one(n: int) -> list[bytes]:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            replies = []
+            for i in range(3):
+                writer.write(wire(f"s{n}i{i}@x", client_name="unknown"))
+                replies.append(await asyncio.wait_for(reader.readuntil(b"\n\n"), 10))
+            writer.close()
+            return replies
+        return [r for rs in await asyncio.gather(*(one(n) for n in range(20))) for r in rs]
+
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=5).close()
+                break
+            except ConnectionRefusedError:
+                assert process.poll() is None, process.communicate()[1]
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+        children = Path(f"/proc/{process.pid}/task/{process.pid}/children")
+        while len(children.read_text().split()) < 2:  # the workers are forked after binding
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        replies = asyncio.run(clients())
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 0, stderr
+    assert all(r.startswith(b"action=DEFER_IF_PERMIT ") for r in replies)
+    import sqlite3
+    with sqlite3.connect(state / "state.db") as db:
+        assert db.execute("SELECT count(*) FROM greylist").fetchone()[0] == 60
+    shutil.rmtree(state, ignore_errors=True)
 
 
 def test_policyd_check_config(tmp_path: Path) -> None:

@@ -86,6 +86,17 @@ class Attempt:
 
 
 @dataclass(frozen=True)
+class GreylistOutcome:
+    """What one greylist request found and recorded (``Store.greylist``)."""
+
+    attempt: Attempt | None    # None: the client is auto-whitelisted, no triplet touched
+    whitelisted_now: bool      # this pass brought the client to the auto-whitelist count
+
+    def passed(self, now: int, timing: GreylistTiming) -> bool:
+        return self.attempt is None or now - self.attempt.first >= timing.delay
+
+
+@dataclass(frozen=True)
 class TripletEntry:
     """A stored triplet, for listing."""
 
@@ -143,6 +154,13 @@ class Store(Protocol):
     async def greylist_attempt(self, triplet: Triplet, now: int,
                                timing: GreylistTiming) -> Attempt:
         """Record an attempt atomically (``greylist_step``) and say what was there."""
+        ...
+
+    async def greylist(self, triplet: Triplet, client: str, now: int,
+                       timing: GreylistTiming, awl_clients: int) -> GreylistOutcome:
+        """One greylist request in one step (``greylist_request``): the client's
+        auto-whitelist (``awl_clients`` passes, 0 for none), else the triplet's attempt,
+        and the client's first pass counted."""
         ...
 
     async def awl_count(self, client: str, now: int) -> int:
@@ -206,6 +224,25 @@ def greylist_step(previous: tuple[int, int] | None, now: int,
         # Never passed: dead once the retry window has run out (then it would be reset).
         expires = float(min(first + timing.retry_window + 1, now + timing.max_age))
     return Attempt(first, last, passed_before), first, expires
+
+
+async def greylist_request(store: Store, triplet: Triplet, client: str, now: int,
+                           timing: GreylistTiming, awl_clients: int) -> GreylistOutcome:
+    """``Store.greylist`` from the store's single steps, each atomic on its own.
+
+    postgrey's order: a client with ``awl_clients`` passes is let through (its counter
+    moved at most once an hour); otherwise the triplet's attempt is recorded, and a
+    triplet passing the delay for the first time counts one pass for the client.
+    """
+    if awl_clients and await store.awl_count(client, now) >= awl_clients:
+        await store.awl_bump(client, now, timing.max_age)
+        return GreylistOutcome(None, False)
+    attempt = await store.greylist_attempt(triplet, now, timing)
+    outcome = GreylistOutcome(attempt, False)
+    if awl_clients and outcome.passed(now, timing) and not attempt.passed_before:
+        count = await store.awl_bump(client, now, timing.max_age)
+        return GreylistOutcome(attempt, count == awl_clients)
+    return outcome
 
 
 def awl_step(previous: tuple[int, int] | None, now: int,

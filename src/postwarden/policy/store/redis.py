@@ -10,7 +10,8 @@ it does).
 Theory of operation
 -------------------
 Each read-modify-write is one Lua script, a transcription of ``greylist_step``,
-``awl_step`` or ``rate_step`` from the package (see its theory of operation), so two MX
+``awl_step``, ``greylist_request`` (one script per greylist decision) or ``rate_step``
+from the package (see its theory of operation), so two MX
 hosts recording the same triplet or spending the same budget are serialised by Redis
 itself. Records are hashes with an ``e`` (expires) field; a sorted set ``<prefix>expiry``
 holds every record's key scored by that time, and ``expire(now, batch)`` deletes the
@@ -37,6 +38,7 @@ from redis.exceptions import RedisError
 from postwarden.policy.store import (
     Attempt,
     AwlEntry,
+    GreylistOutcome,
     GreylistTiming,
     RateCharge,
     RateResult,
@@ -73,6 +75,51 @@ redis.call('HSET', KEYS[1], 'f', f(first), 'l', f(now), 'e', f(e),
 redis.call('EXPIRE', KEYS[1], math.floor(e - now) + tonumber(ARGV[5]))
 redis.call('ZADD', KEYS[2], f(e), KEYS[1])
 return {f(first), last, passed}
+"""
+
+# KEYS: triplet record, client's auto-whitelist record, expiry set. ARGV: now, delay,
+# retry_window, max_age, slack, client, sender, recipient, awl_clients. Mirrors
+# greylist_request: _AWL's bump and _GREYLIST's step in one script.
+_GREYLIST_REQUEST = _F + """
+local now = tonumber(ARGV[1]) local delay = tonumber(ARGV[2])
+local rw = tonumber(ARGV[3]) local maxage = tonumber(ARGV[4])
+local slack = tonumber(ARGV[5]) local awl = tonumber(ARGV[9])
+local count = 0 local alast = nil
+if awl > 0 then
+  local a = redis.call('HMGET', KEYS[2], 'n', 'l', 'e')
+  if a[1] and tonumber(a[3]) > now then count = tonumber(a[1]) alast = tonumber(a[2]) end
+end
+local function bump()
+  if alast ~= nil and alast <= now and now < alast + 3600 then return count end
+  count = count + 1
+  local ae = now + maxage
+  redis.call('HSET', KEYS[2], 'n', f(count), 'l', f(now), 'e', f(ae))
+  redis.call('EXPIRE', KEYS[2], maxage + slack)
+  redis.call('ZADD', KEYS[3], f(ae), KEYS[2])
+  return count
+end
+if awl > 0 and count >= awl then
+  bump()
+  return {'awl'}
+end
+local v = redis.call('HMGET', KEYS[1], 'f', 'l', 'e')
+local first = now local last = '' local passed = 0
+if v[1] and tonumber(v[3]) > now then
+  first = tonumber(v[1]) last = v[2]
+  if tonumber(last) - first >= delay then passed = 1
+  elseif now - first > rw then first = now end
+  if first > now then first = now end
+end
+local e
+if now - first >= delay then e = now + maxage
+else e = math.min(first + rw + 1, now + maxage) end
+redis.call('HSET', KEYS[1], 'f', f(first), 'l', f(now), 'e', f(e),
+           'c', ARGV[6], 's', ARGV[7], 'r', ARGV[8])
+redis.call('EXPIRE', KEYS[1], math.floor(e - now) + slack)
+redis.call('ZADD', KEYS[3], f(e), KEYS[1])
+local newly = 0
+if awl > 0 and now - first >= delay and passed == 0 and bump() == awl then newly = 1 end
+return {f(first), last, passed, newly}
 """
 
 # KEYS: record, expiry set. ARGV: now, max_age, slack, mode (bump|set), count.
@@ -161,7 +208,7 @@ return #due
 """
 
 
-def _split_url(url: str) -> tuple[str, str]:
+def split_url(url: str) -> tuple[str, str]:
     """The URL for redis-py (``redis+unix`` spelled ``unix``) and the key prefix."""
     parts = urlsplit(url)
     scheme = "unix" if parts.scheme == "redis+unix" else parts.scheme
@@ -182,7 +229,7 @@ class RedisStore:
     """``Store`` on a Redis server, shared by every MX host pointed at it."""
 
     def __init__(self, url: str, *, timeout: float = TIMEOUT) -> None:
-        target, self.prefix = _split_url(url)
+        target, self.prefix = split_url(url)
         self.timeout = timeout
         try:
             self._redis = aioredis.Redis.from_url(
@@ -192,6 +239,7 @@ class RedisStore:
             raise StoreError(f"store url: {exc}") from None
         self._expiry = self.prefix + "expiry"
         self._greylist = self._redis.register_script(_GREYLIST)
+        self._greylist_request = self._redis.register_script(_GREYLIST_REQUEST)
         self._awl = self._redis.register_script(_AWL)
         self._rate = self._redis.register_script(_RATE)
         self._expire = self._redis.register_script(_EXPIRE)
@@ -216,6 +264,20 @@ class RedisStore:
             args=[now, timing.delay, timing.retry_window, timing.max_age, SAFETY_TTL,
                   triplet.client, triplet.sender, triplet.recipient]))
         return Attempt(int(float(first)), int(float(last)) if last else None, bool(passed))
+
+    async def greylist(self, triplet: Triplet, client: str, now: int,
+                       timing: GreylistTiming, awl_clients: int) -> GreylistOutcome:
+        """``greylist_request`` as one script: one round trip, atomic."""
+        found = await self._do(self._greylist_request(
+            keys=[self._g(triplet.key), self._a(client), self._expiry],
+            args=[now, timing.delay, timing.retry_window, timing.max_age, SAFETY_TTL,
+                  triplet.client, triplet.sender, triplet.recipient, awl_clients]))
+        if found == ["awl"]:
+            return GreylistOutcome(None, False)
+        first, last, passed, newly = found
+        return GreylistOutcome(
+            Attempt(int(float(first)), int(float(last)) if last else None, bool(passed)),
+            bool(newly))
 
     async def awl_count(self, client: str, now: int) -> int:
         count, expires = await self._do(self._redis.hmget(self._a(client), ["n", "e"]))

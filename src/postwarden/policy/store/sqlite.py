@@ -1,30 +1,54 @@
-"""The SQLite state store: one file, WAL mode, every call on one worker thread.
+"""The SQLite state store: one file, WAL mode, group commits on the event loop's thread.
 
 Security: the database file is created 0600 and a missing state directory 0700; keys and
 values travel as SQL parameters only. A corrupt or newer-schema file raises ``StoreError``
 (the service answers fail-safe) rather than being rewritten.
 Standards: SQLite's WAL documentation (https://sqlite.org/wal.html): with
 ``synchronous=NORMAL`` a committed transaction survives a crash of the process (not
-necessarily a power loss), at the cost of one fsync per checkpoint instead of per commit.
+necessarily a power loss or a kernel crash), at the cost of one fsync per checkpoint
+instead of per commit.
 
 Theory of operation
 -------------------
-sqlite3 calls block, so the event loop never makes them: each public method hands one
-closure to a worker thread that owns the connection. The worker commits in groups: the
-jobs that queued up while it was busy run in one transaction (each in a savepoint, so a
-failing job fails alone), and their callers learn their results only after the COMMIT, so
-no answer ever rests on state that is not yet durable; under load one commit serves many
-requests. One thread means the requests of this process are serialised without locks;
-``BEGIN IMMEDIATE`` takes SQLite's write lock up front, so another process (the
-``postwarden greylist`` CLI while the daemon runs) waits for it (``busy_timeout``)
-instead of failing half-way through. The decisions
-are ``greylist_step``, ``awl_step`` and ``rate_step`` from the package, called inside the
-transaction. ``PRAGMA user_version`` holds the schema version.
+1. Group commit on the event loop's thread. A call queues its job and, if none is pending,
+   schedules a flush with ``call_soon``; so every job queued while the loop runs one pass
+   over its ready callbacks (under load, the requests of many connections) is flushed
+   together in the next pass: ``BEGIN IMMEDIATE``, each job in a savepoint of its own (a
+   failing job fails alone), ``COMMIT``, and only then do the callers get their results.
+   No answer ever rests on state that is not committed. This is cheap enough for the loop:
+   a statement is microseconds of CPU and, with ``synchronous=NORMAL`` in WAL mode, a
+   COMMIT is a ``write()`` into the WAL, never an fsync, so nothing here waits for a disk.
+2. The write lock. The loop's connection has a busy timeout of 0, so ``BEGIN IMMEDIATE``
+   fails at once when another connection holds the lock (the ``postwarden greylist`` CLI,
+   another process on the same file); the flush is then tried again every ``LOCK_RETRY``
+   seconds on the loop, with whatever jobs came meanwhile. After ``LOCK_PATIENCE`` seconds
+   the jobs go to a worker thread with a connection of its own, which may block
+   (``busy_timeout``) without stopping the loop and commits the jobs that queued up
+   meanwhile in one transaction, each in a savepoint, answering after the COMMIT. Opening
+   the file (which may wait for another process switching it to WAL) and the incremental
+   expiry (bounded deletes) run on that thread too.
+3. Checkpoints (copying the WAL into the database file, the one step that fsyncs) are
+   kept off the loop: its connection has ``wal_autocheckpoint=0`` and, after every
+   ``CHECKPOINT_JOBS`` jobs or ``CHECKPOINT_EVERY`` seconds of writing, has the worker run
+   a passive checkpoint while group commits go on: it does the copying and the syncing.
+   Under steady writes the WAL still never starts over that way (it is never all copied
+   when the next transaction begins), so once it holds ``RESTART_FRAMES`` a second
+   checkpoint (``RESTART``) runs while this process's group commits wait and another
+   process's are kept out for at most ``CHECKPOINT_WAIT_MS``. It has only the frames
+   written during the first to copy, so the wait is short, and the next transaction
+   writes the WAL from its beginning again: the file stays at most about 16 MB.
+4. Expiry needs no index on the expiry times (an index on ``expires`` would cost every
+   update another B-tree page in the WAL): each call walks at most ``SWEEP_ROWS`` rows of
+   each table in key order from where the last one stopped, and deletes the due ones.
+5. A store belongs to one event loop. The decisions are ``greylist_step``, ``awl_step``
+   and ``rate_step`` from the package, called inside the transaction. ``PRAGMA
+   user_version`` holds the schema version.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import queue
 import sqlite3
@@ -33,11 +57,12 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from postwarden.policy.store import (
     Attempt,
     AwlEntry,
+    GreylistOutcome,
     GreylistTiming,
     RateCharge,
     RateResult,
@@ -50,46 +75,203 @@ from postwarden.policy.store import (
     rate_step,
 )
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 BUSY_TIMEOUT_MS = 5000
 MAX_BATCH = 256  # jobs per group commit
 SETUP_RETRY = 0.02  # seconds
+LOCK_RETRY = 0.001  # seconds between tries for the write lock on the loop
+LOCK_PATIENCE = 0.05  # seconds of those tries before the worker thread waits instead
+CHECKPOINT_EVERY = 1.0  # seconds: at most this long between checkpoints while writing
+CHECKPOINT_JOBS = 2000  # jobs: or after this many
+RESTART_FRAMES = 4096  # WAL frames (16 MB of 4 KiB pages) after which the WAL starts over
+CHECKPOINT_WAIT_MS = 20  # how long a checkpoint waits for another process's writes
+WAL_SIZE_LIMIT = 64 * 1024 * 1024  # bytes: a WAL bigger than this is cut back when reset
 T = TypeVar("T")
+_LOCKED = object()  # a job's "result" when the loop gave up waiting for the write lock
 
+# No secondary indexes: each would cost every write another B-tree page in the WAL (an
+# index on expires changes at every update). Expiry sweeps the tables in key order.
 _SCHEMA = (
     "CREATE TABLE greylist (key TEXT PRIMARY KEY, client TEXT NOT NULL, sender TEXT NOT NULL,"
     " recipient TEXT NOT NULL, first INTEGER NOT NULL, last INTEGER NOT NULL,"
     " expires REAL NOT NULL) WITHOUT ROWID",
-    "CREATE INDEX greylist_expires ON greylist (expires)",
-    "CREATE INDEX greylist_client ON greylist (client)",
     "CREATE TABLE awl (client TEXT PRIMARY KEY, count INTEGER NOT NULL, last INTEGER NOT NULL,"
     " expires REAL NOT NULL) WITHOUT ROWID",
-    "CREATE INDEX awl_expires ON awl (expires)",
     "CREATE TABLE rate (key TEXT PRIMARY KEY, a REAL NOT NULL, b REAL NOT NULL,"
     " c REAL NOT NULL, expires REAL NOT NULL) WITHOUT ROWID",
-    "CREATE INDEX rate_expires ON rate (expires)",
 )
+# From each older version to the next.
+_MIGRATIONS = {
+    1: ("DROP INDEX IF EXISTS greylist_expires", "DROP INDEX IF EXISTS greylist_client",
+        "DROP INDEX IF EXISTS awl_expires", "DROP INDEX IF EXISTS rate_expires"),
+}
+SWEEP_ROWS = 2000  # rows of each table that one expiry call looks at
 _TABLES = ("greylist", "awl", "rate")
 _KEYS = {"greylist": "key", "awl": "client", "rate": "key"}
 
 
 class SqliteStore:
-    """``Store`` on one SQLite file; opened lazily on the worker thread."""
+    """``Store`` on one SQLite file, for one event loop; opened lazily."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self._db: sqlite3.Connection | None = None
+        self._db: sqlite3.Connection | None = None        # the worker thread's
+        self._loop_db: sqlite3.Connection | None = None   # the event loop's
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
+        self._queued: list[tuple[Callable[[sqlite3.Connection], Any],
+                                 asyncio.Future[Any]]] = []  # for the next group commit
+        self._flush_handle: asyncio.Handle | None = None
+        self._locked_since: float | None = None
+        self._checkpoint_due = 0.0
+        self._checkpointing = False
+        self._paused = False  # group commits wait for the end of a checkpoint
+        self._since_checkpoint = 0
+        self._sweep_from: dict[str, str] = {}  # table -> the key the expiry stopped at
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._opening: asyncio.Future[sqlite3.Connection] | None = None
 
     async def _run(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """Queue ``work`` for the loop's next group commit (on the worker when another
+        process keeps the write lock); its result once it is committed."""
+        if self._loop_db is None:
+            await self._open()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        self._queued.append((work, future))
+        if self._flush_handle is None and not self._paused:
+            self._flush_handle = loop.call_soon(self._flush)
+        value = await future
+        if value is _LOCKED:
+            return await self._in_thread(work)
+        return cast(T, value)
+
+    async def _open(self) -> sqlite3.Connection:
+        """The loop's connection; concurrent first calls share one opening."""
+        opening = self._opening
+        if opening is None:
+            opening = self._opening = asyncio.ensure_future(
+                self._in_thread(self._open_loop_connection, transaction=False))
+        try:
+            db = await asyncio.shield(opening)
+        except BaseException:
+            if self._opening is opening and opening.done():
+                self._opening = None  # a failed opening is tried again by the next call
+            raise
+        self._loop_db = db
+        return db
+
+    def _flush(self) -> None:
+        """One group commit: ``BEGIN IMMEDIATE``, every queued job in a savepoint of its
+        own, ``COMMIT``; only then the callers get their results."""
+        self._flush_handle = None
+        db = self._loop_db
+        jobs, self._queued = self._queued, []
+        if not jobs:
+            return
+        if db is None:
+            _settle_all([(f, False, StoreError(f"sqlite store {self.path}: closed"))
+                         for _, f in jobs])
+            return
+        try:
+            db.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc):
+                _settle_all([(f, False, _store_error(self.path, exc)) for _, f in jobs])
+            else:
+                self._wait_for_lock(jobs)
+            return
+        self._locked_since = None
+        settled: list[tuple[asyncio.Future[Any], bool, object]] = []
+        for work, future in jobs:
+            if future.cancelled():
+                continue  # the request gave up (its budget ran out) before its turn
+            try:
+                with _transaction(db):  # a savepoint: a failing job leaves nothing behind
+                    settled.append((future, True, work(db)))
+            except Exception as exc:
+                settled.append((future, False, _store_error(self.path, exc)))
+        try:
+            db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            error: object = _store_error(self.path, exc)
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            settled = [(future, False, error) for future, _, _ in settled]
+        _settle_all(settled)
+        self._maybe_checkpoint(len(settled))
+
+    def _wait_for_lock(self, jobs: list[tuple[Callable[[sqlite3.Connection], Any],
+                                              asyncio.Future[Any]]]) -> None:
+        """Another connection holds the write lock: try again shortly, on the loop, for
+        ``LOCK_PATIENCE`` seconds; then the worker thread (which may block) takes them."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        if self._locked_since is None:
+            self._locked_since = now
+        if now - self._locked_since >= LOCK_PATIENCE:
+            _settle_all([(future, True, _LOCKED) for _, future in jobs])
+            self._locked_since = None
+            return
+        self._queued[:0] = jobs  # first in the next attempt, with whatever came meanwhile
+        self._flush_handle = loop.call_later(LOCK_RETRY, self._flush)
+
+    def _maybe_checkpoint(self, jobs: int) -> None:
+        """After a COMMIT: a checkpoint when ``CHECKPOINT_JOBS`` jobs or
+        ``CHECKPOINT_EVERY`` seconds have gone by since the last one started."""
+        self._since_checkpoint += jobs
+        now = time.monotonic()
+        if self._checkpointing or self._since_checkpoint == 0 or (
+                self._since_checkpoint < CHECKPOINT_JOBS and now < self._checkpoint_due):
+            return
+        self._checkpoint_due = now + CHECKPOINT_EVERY
+        self._since_checkpoint = 0
+        self._checkpointing = True
+        task = asyncio.get_running_loop().create_task(self._checkpoint())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _checkpoint(self) -> None:
+        """A passive checkpoint while group commits go on (it copies the WAL and syncs,
+        the slow part); then, once the WAL holds ``RESTART_FRAMES``, a second one while
+        they wait, which has only the few frames written meanwhile to copy, so that the
+        next transaction writes the WAL from its beginning again."""
+        try:
+            frames = await self._in_thread(_checkpoint_passive, transaction=False)
+            if frames >= RESTART_FRAMES:
+                self._paused = True
+                await self._in_thread(_checkpoint_restart, transaction=False)
+        except Exception:  # noqa: S110 - the next one tries again; SQLite stays consistent
+            pass
+        finally:
+            self._checkpointing = False
+            self._paused = False
+            if self._queued and self._flush_handle is None and self._loop_db is not None:
+                self._flush_handle = asyncio.get_running_loop().call_soon(self._flush)
+
+    def _open_loop_connection(self, db: sqlite3.Connection) -> sqlite3.Connection:
+        """The event loop's connection, made on the worker once the file is set up."""
+        del db  # the worker's own connection: opening it set the file up
+        loop_db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        try:
+            loop_db.execute("PRAGMA synchronous=NORMAL")
+            loop_db.execute("PRAGMA busy_timeout=0")
+            loop_db.execute("PRAGMA wal_autocheckpoint=0")
+            loop_db.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
+        except BaseException:
+            loop_db.close()
+            raise
+        return loop_db
+
+    async def _in_thread(self, work: Callable[[sqlite3.Connection], T], *,
+                         transaction: bool = True) -> T:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
         if self._thread is None:
             self._thread = threading.Thread(target=self._worker, name="pw-sqlite",
                                             daemon=True)
             self._thread.start()
-        self._jobs.put(_Job(work, future, loop))
+        self._jobs.put(_Job(work, future, loop, transaction))
         return await future
 
     def _worker(self) -> None:
@@ -109,21 +291,24 @@ class SqliteStore:
                     self._jobs.put(None)  # stop after this batch
                     break
                 batch.append(more)
-            self._run_batch(batch)
+            self._run_batch([job for job in batch if job.transaction], True)
+            self._run_batch([job for job in batch if not job.transaction], False)
         if self._db is not None:
             self._db.close()
             self._db = None
 
-    def _run_batch(self, batch: list[_Job]) -> None:
+    def _run_batch(self, batch: list[_Job], transaction: bool) -> None:
+        if not batch:
+            return
         outcomes: list[tuple[bool, object]] = []
         try:
             if self._db is None:
                 self._db = self._connect()
             db = self._db
-            with _transaction(db):
+            with _transaction(db) if transaction else contextlib.nullcontext():
                 for job in batch:
                     try:
-                        with _transaction(db):
+                        with _transaction(db) if transaction else contextlib.nullcontext():
                             outcomes.append((True, job.work(db)))
                     except Exception as exc:  # the job's caller gets it; the thread goes on
                         outcomes.append((False, _store_error(self.path, exc)))
@@ -180,22 +365,37 @@ class SqliteStore:
                 for statement in _SCHEMA:
                     db.execute(statement)
                 db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            elif version in _MIGRATIONS:
+                for old in range(version, SCHEMA_VERSION):
+                    for statement in _MIGRATIONS[old]:
+                        db.execute(statement)
+                db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             elif version != SCHEMA_VERSION:
                 raise StoreError(f"sqlite store {self.path}: schema version {version}, "
                                  f"this postwarden knows {SCHEMA_VERSION}")
 
     async def greylist_attempt(self, triplet: Triplet, now: int,
                                timing: GreylistTiming) -> Attempt:
-        def work(db: sqlite3.Connection) -> Attempt:
-            with _transaction(db):
-                row = db.execute("SELECT first, last FROM greylist WHERE key=? AND expires>?",
-                                 (triplet.key, now)).fetchone()
-                previous = (int(row[0]), int(row[1])) if row else None
-                attempt, first, expires = greylist_step(previous, now, timing)
-                db.execute("INSERT OR REPLACE INTO greylist VALUES (?,?,?,?,?,?,?)",
-                           (triplet.key, triplet.client, triplet.sender, triplet.recipient,
-                            first, now, expires))
-            return attempt
+        return await self._run(lambda db: _greylist_attempt(db, triplet, now, timing))
+
+    async def greylist(self, triplet: Triplet, client: str, now: int,
+                       timing: GreylistTiming, awl_clients: int) -> GreylistOutcome:
+        """``greylist_request``'s steps as one job: one savepoint, one commit."""
+        def work(db: sqlite3.Connection) -> GreylistOutcome:
+            awl = None
+            if awl_clients:
+                awl = db.execute("SELECT count, last FROM awl WHERE client=? AND expires>?",
+                                 (client, now)).fetchone()
+                if awl is not None and awl[0] >= awl_clients:
+                    _awl_bump(db, client, (int(awl[0]), int(awl[1])), now, timing.max_age)
+                    return GreylistOutcome(None, False)
+            attempt = _greylist_attempt(db, triplet, now, timing)
+            outcome = GreylistOutcome(attempt, False)
+            if awl_clients and outcome.passed(now, timing) and not attempt.passed_before:
+                previous = (int(awl[0]), int(awl[1])) if awl is not None else None
+                count = _awl_bump(db, client, previous, now, timing.max_age)
+                return GreylistOutcome(attempt, count == awl_clients)
+            return outcome
         return await self._run(work)
 
     async def awl_count(self, client: str, now: int) -> int:
@@ -207,48 +407,41 @@ class SqliteStore:
 
     async def awl_bump(self, client: str, now: int, max_age: int) -> int:
         def work(db: sqlite3.Connection) -> int:
-            with _transaction(db):
-                row = db.execute("SELECT count, last FROM awl WHERE client=? AND expires>?",
-                                 (client, now)).fetchone()
-                previous = (int(row[0]), int(row[1])) if row else None
-                step = awl_step(previous, now, max_age)
-                if step is None:
-                    return previous[0] if previous else 0
-                db.execute("INSERT OR REPLACE INTO awl VALUES (?,?,?,?)", (client, *step))
-                return step[0]
+            row = db.execute("SELECT count, last FROM awl WHERE client=? AND expires>?",
+                             (client, now)).fetchone()
+            previous = (int(row[0]), int(row[1])) if row else None
+            return _awl_bump(db, client, previous, now, max_age)
         return await self._run(work)
 
     async def awl_set(self, client: str, now: int, count: int, max_age: int) -> int:
         def work(db: sqlite3.Connection) -> int:
-            with _transaction(db):
-                row = db.execute("SELECT count FROM awl WHERE client=? AND expires>?",
-                                 (client, now)).fetchone()
-                new = max(count, int(row[0]) if row else 0)
-                db.execute("INSERT OR REPLACE INTO awl VALUES (?,?,?,?)",
-                           (client, new, now, float(now + max_age)))
-                return new
+            row = db.execute("SELECT count FROM awl WHERE client=? AND expires>?",
+                             (client, now)).fetchone()
+            new = max(count, int(row[0]) if row else 0)
+            db.execute("INSERT OR REPLACE INTO awl VALUES (?,?,?,?)",
+                       (client, new, now, float(now + max_age)))
+            return new
         return await self._run(work)
 
     async def rate_consume(self, charges: Sequence[RateCharge],
                            now: float) -> tuple[RateResult, ...]:
         def work(db: sqlite3.Connection) -> tuple[RateResult, ...]:
-            with _transaction(db):
-                results: list[RateResult] = []
-                states: dict[str, RateState] = {}
-                for charge in charges:
-                    state = states.get(charge.key)
-                    if state is None:
-                        row = db.execute("SELECT a, b, c, expires FROM rate WHERE key=? "
-                                         "AND expires>?", (charge.key, now)).fetchone()
-                        state = RateState(*row) if row else None
-                    result, new = rate_step(state, charge, now)
-                    results.append(result)
-                    states[charge.key] = new
-                if all(result.allowed for result in results):
-                    db.executemany("INSERT OR REPLACE INTO rate VALUES (?,?,?,?,?)",
-                                   [(key, s.a, s.b, s.c, s.expires)
-                                    for key, s in states.items()])
-                return tuple(results)
+            results: list[RateResult] = []
+            states: dict[str, RateState] = {}
+            for charge in charges:
+                state = states.get(charge.key)
+                if state is None:
+                    row = db.execute("SELECT a, b, c, expires FROM rate WHERE key=? "
+                                     "AND expires>?", (charge.key, now)).fetchone()
+                    state = RateState(*row) if row else None
+                result, new = rate_step(state, charge, now)
+                results.append(result)
+                states[charge.key] = new
+            if all(result.allowed for result in results):
+                db.executemany("INSERT OR REPLACE INTO rate VALUES (?,?,?,?,?)",
+                               [(key, s.a, s.b, s.c, s.expires)
+                                for key, s in states.items()])
+            return tuple(results)
         return await self._run(work)
 
     async def list_triplets(self, now: int, limit: int = 10_000) -> list[TripletEntry]:
@@ -275,33 +468,57 @@ class SqliteStore:
         args = (key, client, sender)
 
         def work(db: sqlite3.Connection) -> int:
-            with _transaction(db):
-                return db.execute(sql, args).rowcount
+            return db.execute(sql, args).rowcount
         return await self._run(work)
 
     async def delete_awl(self, client: str) -> int:
         def work(db: sqlite3.Connection) -> int:
-            with _transaction(db):
-                return db.execute("DELETE FROM awl WHERE client=?", (client,)).rowcount
+            return db.execute("DELETE FROM awl WHERE client=?", (client,)).rowcount
         return await self._run(work)
 
     async def expire(self, now: float, batch: int) -> int:
-        def work(db: sqlite3.Connection) -> int:
-            done = 0
+        return await self._in_thread(  # maintenance: never on the loop's thread
+            lambda db: self._sweep(db, now, batch), transaction=False)
+
+    def _sweep(self, db: sqlite3.Connection, now: float, batch: int) -> int:
+        """Each table in key order, from where the last call stopped: at most
+        ``SWEEP_ROWS`` rows looked at per table (an indexed range, never the whole table),
+        the due ones among them deleted, at most ``batch`` in all; at a table's end the
+        next call starts again from its beginning."""
+        done = 0
+        for table in _TABLES:
+            if done >= batch:
+                break
+            key = _KEYS[table]
+            start = self._sweep_from.get(table, "")
             with _transaction(db):
-                for table in _TABLES:
-                    if done >= batch:
-                        break
-                    key = _KEYS[table]
-                    # Indexed range, bounded: never a walk of the whole table.
-                    done += db.execute(
-                        f"DELETE FROM {table} WHERE {key} IN (SELECT {key} FROM {table} "  # noqa: S608 - table names are constants
-                        "WHERE expires<=? ORDER BY expires LIMIT ?)",
-                        (now, batch - done)).rowcount
-            return done
-        return await self._run(work)
+                row = db.execute(
+                    f"SELECT {key} FROM {table} WHERE {key} > ? ORDER BY {key} "  # noqa: S608 - table and column names are constants
+                    "LIMIT 1 OFFSET ?", (start, SWEEP_ROWS - 1)).fetchone()
+                end: str | None = row[0] if row else None
+                due = [name for (name,) in db.execute(
+                    f"SELECT {key} FROM {table} WHERE {key} > ?1 AND "  # noqa: S608 - constants
+                    f"(?2 IS NULL OR {key} <= ?2) AND expires <= ?3 ORDER BY {key} LIMIT ?4",
+                    (start, end, now, batch - done))]
+                db.executemany(f"DELETE FROM {table} WHERE {key} = ?",  # noqa: S608 - constants
+                               [(name,) for name in due])
+            full = len(due) == batch - done
+            done += len(due)
+            self._sweep_from[table] = due[-1] if full else (end or "")
+        return done
 
     async def close(self) -> None:
+        """Commit what is pending, wait for a running checkpoint, stop the worker (its
+        connection, the last one, checkpoints the WAL into the file as it closes)."""
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush()  # what is queued is committed (or handed on) before closing
+        if self._loop_db is not None:
+            self._loop_db.close()
+            self._loop_db = None
+        self._opening = None
+        if self._tasks:
+            await asyncio.wait(list(self._tasks))
         thread, self._thread = self._thread, None
         if thread is not None:
             self._jobs.put(None)
@@ -313,6 +530,48 @@ class _Job:
     work: Callable[[sqlite3.Connection], Any]
     future: asyncio.Future[Any]
     loop: asyncio.AbstractEventLoop
+    transaction: bool = True  # run inside the worker's transaction (not a checkpoint)
+
+
+def _checkpoint_passive(db: sqlite3.Connection) -> int:
+    """Copy what the WAL holds into the database file, without taking the write lock;
+    how many frames the WAL holds."""
+    row = db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    return int(row[1]) if row else 0
+
+
+def _checkpoint_restart(db: sqlite3.Connection) -> None:
+    """Copy the whole WAL into the database file, so that the next write starts it again
+    from the beginning. ``RESTART`` waits for other writers (another process on the same
+    file) and keeps them out meanwhile, but only ``CHECKPOINT_WAIT_MS``: when one holds
+    on longer, the checkpoint is partial and a later one tries again."""
+    db.execute(f"PRAGMA busy_timeout={CHECKPOINT_WAIT_MS}")
+    try:
+        db.execute("PRAGMA wal_checkpoint(RESTART)").fetchall()
+    finally:
+        db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+
+
+def _greylist_attempt(db: sqlite3.Connection, triplet: Triplet, now: int,
+                      timing: GreylistTiming) -> Attempt:
+    row = db.execute("SELECT first, last FROM greylist WHERE key=? AND expires>?",
+                     (triplet.key, now)).fetchone()
+    previous = (int(row[0]), int(row[1])) if row else None
+    attempt, first, expires = greylist_step(previous, now, timing)
+    db.execute("INSERT OR REPLACE INTO greylist VALUES (?,?,?,?,?,?,?)",
+               (triplet.key, triplet.client, triplet.sender, triplet.recipient,
+                first, now, expires))
+    return attempt
+
+
+def _awl_bump(db: sqlite3.Connection, client: str, previous: tuple[int, int] | None,
+              now: int, max_age: int) -> int:
+    """``awl_step`` on the live record ``previous`` (count, last); the count after it."""
+    step = awl_step(previous, now, max_age)
+    if step is None:
+        return previous[0] if previous else 0
+    db.execute("INSERT OR REPLACE INTO awl VALUES (?,?,?,?)", (client, *step))
+    return step[0]
 
 
 def _settle_all(settled: list[tuple[asyncio.Future[Any], bool, object]]) -> None:
