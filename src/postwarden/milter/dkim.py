@@ -89,6 +89,7 @@ _DOMAIN = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9_-]{1,63}
 _WSP = re.compile(rb"\s+")
 # RFC 6376 3.4.4 relaxed body canonicalization, as two substitutions: whitespace at line
 # ends goes, and a run of whitespace that is not already one space becomes one space.
+_HEADER_END = re.compile(rb"(\A|\n)\r?\n")   # the empty line after the header
 _TRAILING_WSP = re.compile(rb"[\t ]+\r\n")
 _WSP_RUN = re.compile(rb" [\t ]+|\t[\t ]*")
 
@@ -139,11 +140,19 @@ def parse(message: bytes) -> Message:
     """Split ``message`` (LF or CRLF line ends) into header fields and body."""
     first = message.find(b"\n")
     linesep = b"\r\n" if first > 0 and message[first - 1:first] == b"\r" else b"\n"
+    # dkimpy's rfc822_parse splits the whole message into lines; only the header needs
+    # its parser. The body is what it would give: every LF or CRLF becomes CRLF.
+    end = _HEADER_END.search(message)
+    head = message if end is None else message[:end.end(1)]
     try:
-        headers, body = dkim.rfc822_parse(message)
+        headers, _ = dkim.rfc822_parse(head)
     except dkim.MessageFormatError as exc:
         raise DkimError(f"not a message: {clip(str(exc))}") from None
-    return Message(tuple((bytes(n), bytes(v)) for n, v in headers), bytes(body), linesep)
+    except IndexError:   # dkimpy, on a first line that is a continuation line
+        raise DkimError("not a message: it starts with a folded (indented) line") from None
+    body = b"" if end is None else \
+        message[end.end():].replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    return Message(tuple((bytes(n), bytes(v)) for n, v in headers), body, linesep)
 
 
 def _policy(c: str) -> object:
@@ -172,10 +181,25 @@ def _body_hash(policy: object, body: bytes, length: int | None = None) -> bytes:
     return hashlib.sha256(canonical).digest()
 
 
+def _select(headers: Sequence[tuple[bytes, bytes]], names: Sequence[str]
+            ) -> list[tuple[bytes, bytes]]:
+    """RFC 6376 5.4.2: for each name in h=, the last instance of that field not yet
+    taken (from the bottom up); a name with none left selects nothing."""
+    left: dict[bytes, list[int]] = {}
+    for index, (field, _) in enumerate(headers):
+        left.setdefault(field.lower(), []).append(index)
+    selected = []
+    for name in names:
+        found = left.get(name.lower().encode("ascii", "replace"))
+        if found:
+            selected.append(headers[found.pop()])
+    return selected
+
+
 def _header_data(policy: object, headers: Sequence[tuple[bytes, bytes]], names: Sequence[str],
                  signature: tuple[bytes, bytes]) -> bytes:
     """RFC 6376 3.7: the selected fields, then the signature field with b= empty, no CRLF."""
-    selected = dkim.select_headers(list(headers), [n.encode("ascii") for n in names])
+    selected = _select(headers, names)
     stripped = (signature[0], dkim.RE_BTAG.sub(b"\\1", signature[1]))
     canonical = policy.canonicalize_headers(  # type: ignore[attr-defined]
         [list(h) for h in selected] + [list(stripped)])

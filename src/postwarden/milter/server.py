@@ -232,6 +232,17 @@ class MilterSession:
     async def handle(self, event: Event) -> bytes:
         """The bytes to send in answer to ``event`` (often none); raises
         ``MilterProtocolError`` on an event out of order and ``SessionClosed`` on QUIT."""
+        if type(event) is Header and self._in_message and self.ctx.negotiated is not None:
+            # the common case (a message is mostly header fields), without the walk
+            # through every event type below; the same order checks and fail-safe
+            try:
+                reply = await self.handler.header(self.ctx, event)
+                answer = _CONTINUE if reply is Verdict.CONTINUE else encode_reply(reply)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                answer = self._failsafe("Header")
+            return self._answer(event, answer, self.ctx.negotiated.protocol)
         if isinstance(event, OptNeg):
             return self._optneg(event)
         agreed = self.ctx.negotiated
@@ -252,8 +263,12 @@ class MilterSession:
             self._connected = False
             self._held = b""
             return b""
-        reply = await self._dispatch(event)
-        if not needs_reply(event, agreed.protocol):
+        return self._answer(event, await self._dispatch(event), agreed.protocol)
+
+    def _answer(self, event: Event, reply: bytes, protocol: int) -> bytes:
+        """What to send now: nothing at a step the MTA does not wait for (a verdict given
+        there is held for the next step it waits for), else the held verdict or this one."""
+        if not needs_reply(event, protocol):
             if reply != _CONTINUE and not self._held:
                 self._held, self._held_in_message = reply, self._in_message
             return b""

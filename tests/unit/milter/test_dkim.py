@@ -503,3 +503,32 @@ def test_relaxed_body_is_dkimpys(parts: list[bytes]) -> None:
     policy = dkim._policy("relaxed/relaxed")
     assert dkim._canonical_body(policy, body) == \
         dkimpy.canonicalization.Relaxed.canonicalize_body(body)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.sampled_from([b"From: a@b", b"To: c", b" folded", b"\t", b"", b"x",
+                                 b"\r", b"\n", b"\r\n", b"Subject:  s ", b"body line"]),
+                max_size=30))
+def test_parse_splits_as_dkimpy(parts: list[bytes]) -> None:
+    """parse() gives dkimpy's rfc822_parse split (header fields, CRLF body) or refuses
+    what it refuses, for any mix of line ends and empty lines."""
+    message = b"".join(parts)
+    try:
+        headers, body = dkimpy.rfc822_parse(message)
+    except (dkimpy.MessageFormatError, IndexError):
+        with pytest.raises(dkim.DkimError):
+            dkim.parse(message)
+        return
+    parsed = dkim.parse(message)
+    assert parsed.headers == tuple((bytes(n), bytes(v)) for n, v in headers)
+    assert parsed.body == bytes(body)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(["from", "to", "subject", "x"]), max_size=8),
+       st.lists(st.sampled_from([b"From", b"to", b"TO", b"Subject", b"y"]), max_size=8))
+def test_select_is_dkimpys(names: list[str], fields: list[bytes]) -> None:
+    """Header selection for h= picks what dkimpy picks, instance by instance."""
+    headers = [(name, b" %d\r\n" % i) for i, name in enumerate(fields)]
+    want = dkimpy.select_headers(headers, [n.encode() for n in names])
+    assert dkim._select(headers, names) == [tuple(h) for h in want]
