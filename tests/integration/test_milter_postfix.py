@@ -326,8 +326,12 @@ def test_postfix_with_the_milter(new_root: NewRoot, lab: Lab,
     assert verify_both(raw, lab) == [("pass", "ed25519-sha256", "good.example")]
 
     # Two workers (prefork) serve the socket; each answers scrapes with its own counters.
+    # A worker that has had no message yet has no messages_total series.
     scraped = [scrape(lab.metrics) for _ in range(6)]
-    assert all("postwarden_milter_messages_total{worker=" in text for text in scraped)
+    for text in scraped:
+        count = re.search(r'postwarden_milter_message_seconds_count\{worker="\d"\} (\d+)', text)
+        assert count is not None, text
+        assert int(count.group(1)) == 0 or "postwarden_milter_messages_total{worker=" in text
     assert {re.search(r'worker="(\d)"', text).group(1) for text in scraped} <= {"0", "1"}  # type: ignore[union-attr]
 
     async def recorded() -> list[tuple[str, str]]:
