@@ -80,7 +80,9 @@ def _follower(args: argparse.Namespace, settings: WatchSettings) -> Follower:
     path = Path(args.file or settings.file)
     if args.once and not path.is_file():
         raise UsageError(f"{path}: no such file")
-    return FileFollower(path, from_start=args.from_start or args.once)
+    resume = settings.position_file and not (args.once or args.from_start or args.file)
+    return FileFollower(path, from_start=args.from_start or args.once,
+                        bookmark=Path(settings.position_file) if resume else None)
 
 
 def _hostport(text: str) -> tuple[str, int]:

@@ -285,6 +285,7 @@ class PolicyDecision(Event):
     username: str
     detail: str
     component: str = ""           # policyd | milter | watch
+    dry_run: bool = False         # logged with dry_run=yes: what would have been done
 
 
 EVENT_TYPES: tuple[type[Event], ...] = (

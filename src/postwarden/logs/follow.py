@@ -21,6 +21,11 @@ the caller sleeps when there were none. A file is identified by (device, inode):
 3. A file that does not exist yet is opened when it appears and read from its start; a
    file that existed when following began is read from its end (``from_start`` reads it
    all).
+4. With a ``bookmark`` file, the follower writes down (``checkpoint``) how far it has
+   read: the file's identity, the offset after the last complete line, and a digest of
+   the bytes before it up to ``HEAD``. At the next start the same file, at least that
+   long and with the same first bytes, is read on from there, so lines written while the
+   watcher was down are not missed; any other file is read from its end as in point 3.
 
 The journal is read from ``journalctl --follow --output=json`` as a child process. When
 it exits it is restarted (after a pause) from the cursor of the last entry seen, so no
@@ -30,6 +35,8 @@ entry is lost or read twice.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import logging
 import os
 import re
@@ -51,6 +58,8 @@ _CURSOR = re.compile(rb'"__CURSOR"\s*:\s*"([^"\\]{1,512})"')
 class Follower(Protocol):
     def poll(self) -> list[bytes]:
         """The complete lines available now, without their line ends; never blocks."""
+    def checkpoint(self) -> None:
+        """Write down how far the lines were read, where the follower keeps that."""
     def close(self) -> None: ...
 
 
@@ -84,11 +93,16 @@ class _Lines:
         self.buffer, self.skipping = b"", False
 
 
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
 class FileFollower:
     """Follow one file by name, through rotation and truncation (theory points 1-3)."""
 
     def __init__(self, path: Path | str, *, from_start: bool = False,
-                 max_line: int = MAX_LINE, chunk: int = CHUNK) -> None:
+                 max_line: int = MAX_LINE, chunk: int = CHUNK,
+                 bookmark: Path | None = None) -> None:
         self.path = Path(path)
         self.chunk = chunk
         self.lines = _Lines(max_line)
@@ -98,7 +112,55 @@ class FileFollower:
         self.head = b""
         self.rotations = 0
         self.truncations = 0
-        self._open(at_end=not from_start)
+        self.bookmark = bookmark
+        self.bookmark_failed = False
+        if self._open(at_end=not from_start) and not from_start and bookmark is not None:
+            self._resume(bookmark)
+
+    def _resume(self, bookmark: Path) -> None:
+        """Theory point 4: go back to where the last run stopped, if it is this file."""
+        assert self.handle is not None and self.identity is not None
+        try:
+            saved = json.loads(bookmark.read_text(encoding="utf-8"))
+            identity = (int(saved["device"]), int(saved["inode"]))
+            offset, digest = int(saved["offset"]), str(saved["head"])
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.warning("watch: %s: not a bookmark, reading from the end: %s", bookmark, exc)
+            return
+        if identity != self.identity or not 0 <= offset <= self.position:
+            return
+        if _digest(os.pread(self.handle.fileno(), min(HEAD, offset), 0)) != digest:
+            return
+        log.info("watch: %s: resuming at byte %d (%d bytes written since)", self.path,
+                 offset, self.position - offset)
+        self.position = self.handle.seek(offset)
+
+    def checkpoint(self) -> None:
+        """Theory point 4; written atomically (temporary file, fsync, rename), mode 0600."""
+        if self.bookmark is None or self.handle is None or self.identity is None:
+            return
+        offset = self.position - len(self.lines.buffer)
+        data = json.dumps({
+            "file": str(self.path), "device": self.identity[0], "inode": self.identity[1],
+            "offset": offset,
+            "head": _digest(os.pread(self.handle.fileno(), min(HEAD, offset), 0))})
+        temporary = self.bookmark.with_name(f".{self.bookmark.name}.tmp")
+        try:
+            descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(temporary, self.bookmark)
+        except OSError as exc:   # said once, not at every checkpoint
+            if not self.bookmark_failed:
+                log.warning("watch: bookmark %s not written: %s", self.bookmark,
+                            exc.strerror or exc)
+            self.bookmark_failed = True
+        else:
+            self.bookmark_failed = False
 
     def _open(self, *, at_end: bool) -> bool:
         try:
@@ -252,6 +314,10 @@ class JournalFollower:
             with contextlib.suppress(OSError):
                 process.stdout.close()
         self.lines.reset()
+
+    def checkpoint(self) -> None:
+        """Nothing kept across runs: a new run starts at the journal's end, or with
+        ``from_start`` at its beginning (the cursor is kept within a run only)."""
 
     def close(self) -> None:
         self._stop()

@@ -394,7 +394,8 @@ def _b_postwarden(o: Origin, m: re.Match[str]) -> ev.Event | None:
                              client=fields.get("client", ""), sender=addr("sender"),
                              recipient=addr("recipient"),
                              username=fields.get("sasl_username", fields.get("user", "")),
-                             detail=detail, component=component)
+                             detail=detail, component=component,
+                             dry_run=fields.get("dry_run") == "yes")
 
 
 def _b_nothing(o: Origin, m: re.Match[str]) -> None:

@@ -501,7 +501,8 @@ class Summary:
                 s.postscreen.add(event.kind)
                 s.postscreen_by_client.add(event.client)
         elif isinstance(event, ev.PolicyDecision):
-            s.decisions.add(f"{event.check} {event.action}")
+            s.decisions.add(f"{event.check} {event.action}"
+                            + (" (dry run)" if event.dry_run else ""))
         elif isinstance(event, ev.RateLimit):
             s.rate_limits.add(f"{event.kind}: {event.client}", 1)
         elif isinstance(event, ev.ProtocolAbuse):

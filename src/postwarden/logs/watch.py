@@ -143,10 +143,12 @@ class Watcher:
                 now = time.monotonic()
                 if now >= next_tick:
                     self.tick()
+                    follower.checkpoint()
                     next_tick = now + TICK_EVERY
                 if not lines:
                     stop.wait(IDLE_SLEEP)
         finally:
+            follower.checkpoint()
             follower.close()
             self.alerter.close()
         return 0

@@ -114,6 +114,9 @@ class AlertSettings:
 @dataclass(frozen=True)
 class WatchSettings:
     file: str = "/var/log/mail.log"
+    # where the file follower writes down how far it read, to go on from there after a
+    # restart ("" : always start at the end)
+    position_file: str = "/var/lib/postwarden/watch.position"
     journal: bool = False
     journalctl: str = "/usr/bin/journalctl"
     journal_matches: tuple[str, ...] = ("SYSLOG_FACILITY=2",)
@@ -391,6 +394,7 @@ def _parse(table: _Table) -> WatchSettings:
             table.fail("journal_matches", f"{clip(match)!r}: expected FIELD=VALUE")
     result = WatchSettings(
         file=table.string("file", d.file), journal=table.boolean("journal", d.journal),
+        position_file=table.string("position_file", d.position_file),
         journalctl=table.string("journalctl", d.journalctl), journal_matches=matches,
         store=_store(table), dry_run=table.boolean("dry_run", d.dry_run),
         max_keys=table.integer("max_keys", d.max_keys, 100, 10_000_000),
@@ -398,8 +402,9 @@ def _parse(table: _Table) -> WatchSettings:
         detectors=_detectors(table.sub("detect")), ban=_ban(table.sub("ban")),
         nftables=_nft(table.sub("nftables")), access_map=_access_map(table.sub("access_map")),
         alerts=_alerts(table.sub("alerts")), path=str(table.path))
-    for key in ("file", "journalctl"):
-        if not getattr(result, key).startswith("/"):
+    for key in ("file", "journalctl", "position_file"):
+        value = getattr(result, key)
+        if not value.startswith("/") and (value or key != "position_file"):
             table.fail(key, "give an absolute path")
     table.done()
     return result

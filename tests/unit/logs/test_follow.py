@@ -142,3 +142,42 @@ def test_journal_restarts_from_its_cursor(tmp_path: Path,
     assert "--lines=0" in entries[0]["ARGS"] and "SYSLOG_FACILITY=2" in entries[0]["ARGS"]
     assert "--after-cursor=1" in entries[2]["ARGS"]
     assert f.restarts == 1
+
+
+def test_bookmark_resumes_where_the_last_run_stopped(tmp_path: Path) -> None:
+    """Lines written while the watcher was down are read at its next start, from the
+    last complete line on; a partial line is read whole."""
+    log, mark = tmp_path / "mail.log", tmp_path / "watch.position"
+    append(log, "old")
+    first = FileFollower(log, bookmark=mark)
+    append(log, "seen 1")
+    with open(log, "a") as handle:
+        handle.write("half")
+    assert drain(first) == ["seen 1"]
+    first.checkpoint()
+    first.close()
+    assert oct(mark.stat().st_mode & 0o777) == "0o600"
+    append(log, " done", "while down")
+    second = FileFollower(log, bookmark=mark)
+    assert drain(second) == ["half done", "while down"]
+
+
+def test_bookmark_of_another_file_is_ignored(tmp_path: Path) -> None:
+    """After a rotation (another inode) or a rewrite (other first bytes), or with a
+    damaged bookmark, reading starts at the end as without one."""
+    log, mark = tmp_path / "mail.log", tmp_path / "watch.position"
+    append(log, "a")
+    f = FileFollower(log, bookmark=mark)
+    f.checkpoint()
+    f.close()
+    log.rename(tmp_path / "mail.log.1")
+    append(log, "b", "c")
+    assert drain(FileFollower(log, bookmark=mark)) == []
+    log.write_text("x\n" * 3)                    # same inode, other first bytes
+    f = FileFollower(log, bookmark=mark)
+    f.checkpoint()
+    f.close()
+    log.write_text("y\n" * 5)
+    assert drain(FileFollower(log, bookmark=mark)) == []
+    mark.write_text("{not json")
+    assert drain(FileFollower(log, bookmark=mark)) == []

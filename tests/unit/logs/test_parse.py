@@ -191,6 +191,17 @@ def test_postwarden_policyd_line() -> None:
     assert (event.check, event.action, event.client, event.sender) == (
         "greylist", "DEFER_IF_PERMIT", "2001:db8::30", "")
     assert event.detail == "greylisted, retry in 300 s"
+    assert not event.dry_run
+
+
+def test_postwarden_dry_run_lines_say_so() -> None:
+    """A decision logged in dry-run mode (policyd, or the watcher's would-be bans) is
+    marked, so a summary does not count it as a ban or a rejection that happened."""
+    line = ("Mar  4 09:18:00 mx1 postwarden[600]: watch: client=198.51.100.7 action=ban "
+            "dry_run=yes check=sasl_client duration=600s count=1 reason=12\x20failures")
+    event = parse(line, year=2024)
+    assert isinstance(event, ev.PolicyDecision)
+    assert (event.component, event.action, event.dry_run) == ("watch", "ban", True)
 
 
 @pytest.mark.parametrize("line", [
