@@ -9,10 +9,11 @@ SMTPD_POLICY_README (endpoints, actions); access(5) (the fail-safe action).
 
 Theory of operation
 -------------------
-Each section is read through a ``_Section`` that hands out typed values by key and
-remembers which keys it handed out; whatever is left over is an unknown key. Defaults live
-in the dataclasses, so a missing file and an empty file mean the same thing. Checks that
-span sections (the SPF lookup time must fit in the decision budget) run last.
+Each section is read through a ``Section`` (postwarden.tables) that hands out typed
+values by key and remembers which keys it handed out; whatever is left over is an unknown
+key. Defaults live in the dataclasses, so a missing file and an empty file mean the same
+thing. Checks that span sections (the SPF lookup time must fit in the decision budget) run
+last.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from postwarden.errors import ConfigError, UsageError, clip
@@ -37,12 +38,13 @@ from postwarden.policy.ratelimit import COUNTS, KEYS, STAGES, RateLimitSettings,
 from postwarden.policy.spf import HEADER_TYPES, REJECT_POLICIES, SpfSettings
 from postwarden.policy.store import ALGORITHMS
 
+# Re-exported: the section readers of other modules use them from here.
+from postwarden.tables import Section as Section
+from postwarden.tables import parse_duration as parse_duration
+
 DEFAULT_PATH = Path("/etc/postwarden/postwarden.toml")
 DEFAULT_SOCKET = "/var/spool/postfix/postwarden/policy"
-UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-MAX_DURATION = 366 * 86400
 MAX_WORKERS = 64
-_DURATION = re.compile(r"([0-9]{1,9})([smhdw]?)\Z")
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,31}\Z")  # a user or group name, or a number
 # access(5) words a fail-safe or a rate-limit action may start with.
 ACTION_WORDS = frozenset({"DUNNO", "OK", "REJECT", "DEFER", "DEFER_IF_REJECT",
@@ -82,20 +84,6 @@ def parse_endpoint(text: str) -> Endpoint:
             raise ValueError(f"{text!r}: expected tcp:HOST:PORT")
         return Endpoint("tcp", host=host, port=int(port))
     raise ValueError(f"{text!r}: expected unix:PATH or tcp:HOST:PORT")
-
-
-def parse_duration(value: object) -> int:
-    """Seconds from an integer or a string with one postconf(5) time unit ("5m", "35d")."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        seconds = value
-    elif isinstance(value, str) and (match := _DURATION.match(value.strip())):
-        seconds = int(match[1]) * UNITS[match[2] or "s"]
-    else:
-        raise ValueError(f"{value!r} is not a duration (seconds, or a number with s, m, h, "
-                         "d or w)")
-    if not 0 <= seconds <= MAX_DURATION:
-        raise ValueError(f"{value!r} is out of range (0 to {MAX_DURATION} seconds)")
-    return seconds
 
 
 def check_action(action: str) -> str:
@@ -171,85 +159,6 @@ class Settings:
         return f"{self.path or 'built-in defaults'}: ok: " + "; ".join(parts)
 
 
-class Section:
-    """Typed access to one table; remembers the keys read so the rest can be refused."""
-
-    def __init__(self, path: Path, name: str, table: object) -> None:
-        self.path, self.name = path, name
-        if not isinstance(table, dict):
-            self.fail("", "expected a table")
-        self.table: dict[str, Any] = table
-        self.used: set[str] = set()
-
-    def fail(self, key: str, reason: str) -> NoReturn:
-        where = f"{self.name}.{key}" if key else self.name
-        raise ConfigError(self.path, None, f"{where}: {reason}")
-
-    def _get(self, key: str, kind: type | tuple[type, ...], what: str,
-             default: Any) -> Any:
-        self.used.add(key)
-        if key not in self.table:
-            return default
-        value = self.table[key]
-        if (isinstance(value, bool) and kind is not bool) or not isinstance(value, kind):
-            self.fail(key, f"expected {what}, got {type(value).__name__}")
-        return value
-
-    def boolean(self, key: str, default: bool) -> bool:
-        return bool(self._get(key, bool, "true or false", default))
-
-    def integer(self, key: str, default: int, low: int, high: int) -> int:
-        value: int = self._get(key, int, "an integer", default)
-        if not low <= value <= high:
-            self.fail(key, f"{value} is out of range ({low} to {high})")
-        return value
-
-    def string(self, key: str, default: T, choices: tuple[str, ...] = ()) -> str | T:
-        value: str | T = self._get(key, str, "a string", default)
-        if isinstance(value, str) and choices:
-            for choice in choices:
-                if value.lower() == choice.lower():
-                    return choice
-            self.fail(key, f"{clip(value)!r}: expected one of {', '.join(choices)}")
-        return value
-
-    def strings(self, key: str, default: tuple[str, ...]) -> tuple[str, ...]:
-        value = self._get(key, list, "a list of strings", list(default))
-        if not all(isinstance(x, str) for x in value):
-            self.fail(key, "expected a list of strings")
-        return tuple(value)
-
-    def convert(self, key: str, value: Any, how: Callable[[Any], T]) -> T:
-        try:
-            return how(value)
-        except ValueError as exc:
-            self.fail(key, str(exc))
-
-    def build(self, kind: Callable[..., T], **values: Any) -> T:
-        """The section's dataclass; its own checks (``__post_init__``) name the key."""
-        try:
-            return kind(**values)
-        except ValueError as exc:
-            key, _, reason = str(exc).partition(": ")
-            if key in values:
-                self.fail(key, reason)
-            self.fail("", str(exc))
-
-    def duration(self, key: str, default: int, low: int = 0) -> int:
-        self.used.add(key)
-        if key not in self.table:
-            return default
-        seconds = self.convert(key, self.table[key], parse_duration)
-        if seconds < low:
-            self.fail(key, f"{self.table[key]!r} is below the minimum of {low} s")
-        return seconds
-
-    def done(self) -> None:
-        unknown = sorted(set(self.table) - self.used)
-        if unknown:
-            self.fail(unknown[0], "unknown key")
-
-
 _Section = Section  # the name the section readers below were written with
 
 
@@ -266,7 +175,7 @@ _account = account
 
 def socket_mode(section: Section, default: int) -> int:
     """``socket_mode``: an integer (0o660) or an octal string ("0660")."""
-    mode = section._get("socket_mode", (int, str), "an octal mode (0o660 or \"0660\")",
+    mode = section.get("socket_mode", (int, str), "an octal mode (0o660 or \"0660\")",
                         default)
     if isinstance(mode, str):
         mode = int(mode, 8) if re.fullmatch(r"0?[0-7]{3}", mode) else -1
@@ -415,7 +324,7 @@ def _rule(section: _Section) -> RateRule:
 def _ratelimit(section: _Section) -> RateLimitSettings:
     d = RateLimitSettings()
     enabled = section.boolean("enabled", d.enabled)
-    tables = section._get("rule", list, "an array of tables ([[ratelimit.rule]])", None)
+    tables = section.get("rule", list, "an array of tables ([[ratelimit.rule]])", None)
     rules = d.rules if tables is None else tuple(
         _rule(_Section(section.path, f"ratelimit.rule[{i}]", t)) for i, t in enumerate(tables))
     names = [r.name for r in rules]

@@ -26,10 +26,11 @@ import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 from urllib.parse import urlsplit
 
 from postwarden.errors import ConfigError, clip
+from postwarden.tables import Section
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 ACTIONS = ("ban", "alert", "log")
@@ -165,71 +166,15 @@ class WatchSettings:
         return f"{self.path or 'built-in defaults'}: ok: " + "; ".join(parts)
 
 
-class _Table:
-    """Typed access to one table; remembers the keys read so the rest can be refused."""
-
-    def __init__(self, path: Path, name: str, table: object) -> None:
-        self.path, self.name = path, name
-        if not isinstance(table, Mapping):
-            self.fail("", "expected a table")
-        self.table: Mapping[str, Any] = table
-        self.used: set[str] = set()
-
-    def fail(self, key: str, reason: str) -> NoReturn:
-        where = f"{self.name}.{clip(key)}" if key else self.name
-        raise ConfigError(self.path, None, f"{where}: {reason}")
-
-    def get(self, key: str, kind: type | tuple[type, ...], what: str, default: Any) -> Any:
-        self.used.add(key)
-        if key not in self.table:
-            return default
-        value = self.table[key]
-        if (isinstance(value, bool) and kind is not bool) or not isinstance(value, kind):
-            self.fail(key, f"expected {what}, got {type(value).__name__}")
-        return value
-
-    def boolean(self, key: str, default: bool) -> bool:
-        return bool(self.get(key, bool, "true or false", default))
-
-    def integer(self, key: str, default: int, low: int, high: int) -> int:
-        value: int = self.get(key, int, "an integer", default)
-        if not low <= value <= high:
-            self.fail(key, f"{value} is out of range ({low} to {high})")
-        return value
+class _Table(Section):
+    """A ``Section`` with what the watcher's tables need besides: numbers, networks,
+    commands and sub-tables."""
 
     def number(self, key: str, default: float, low: float, high: float) -> float:
         value = float(self.get(key, (int, float), "a number", default))
         if not low <= value <= high:
             self.fail(key, f"{value:g} is out of range ({low:g} to {high:g})")
         return value
-
-    def string(self, key: str, default: str, choices: tuple[str, ...] = ()) -> str:
-        value: str = self.get(key, str, "a string", default)
-        if choices and value not in choices:
-            self.fail(key, f"{clip(value)!r}: expected one of {', '.join(choices)}")
-        if any(not c.isprintable() for c in value):
-            self.fail(key, "control characters are not allowed")
-        return value
-
-    def strings(self, key: str, default: tuple[str, ...]) -> tuple[str, ...]:
-        value = self.get(key, list, "a list of strings", list(default))
-        if not all(isinstance(x, str) for x in value):
-            self.fail(key, "expected a list of strings")
-        return tuple(value)
-
-    def duration(self, key: str, default: int, low: int = 0) -> int:
-        self.used.add(key)
-        if key not in self.table:
-            return default
-        from postwarden.settings import parse_duration  # not at import: settings imports us
-
-        try:
-            seconds = parse_duration(self.table[key])
-        except ValueError as exc:
-            self.fail(key, str(exc))
-        if seconds < low:
-            self.fail(key, f"{self.table[key]!r} is below the minimum of {low} s")
-        return seconds
 
     def networks(self, key: str) -> tuple[str, ...]:
         out = []
@@ -256,11 +201,6 @@ class _Table:
     def sub(self, key: str) -> _Table:
         self.used.add(key)
         return _Table(self.path, f"{self.name}.{key}", self.table.get(key, {}))
-
-    def done(self) -> None:
-        unknown = sorted(set(self.table) - self.used)
-        if unknown:
-            self.fail(unknown[0], "unknown key")
 
 
 def _rule(table: _Table, default: Rule, name: str) -> Rule:
