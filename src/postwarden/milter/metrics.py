@@ -1,8 +1,8 @@
 """Prometheus metrics of the milter: counters per outcome, and a tiny HTTP endpoint.
 
 Security: the endpoint answers anyone who reaches its socket (bind it to loopback or a
-management network); it reads at most ``MAX_HTTP`` bytes of request head within
-``HTTP_TIMEOUT`` seconds, answers and closes. It shows counts only: no addresses, domains
+management network); it reads at most ``scrape.MAX_HTTP`` bytes of request head within
+``scrape.HTTP_TIMEOUT`` seconds, answers and closes. It shows counts only: no addresses, domains
 or names, so label values come from fixed sets (result words, actions), never from mail.
 Standards: Prometheus text exposition format 0.0.4; RFC 9112 (just enough HTTP/1.1 for a
 scrape).
@@ -19,13 +19,12 @@ counters would be the way out.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import socket
 from collections import Counter
 from dataclasses import dataclass, field
 
-MAX_HTTP = 8192
-HTTP_TIMEOUT = 5.0
+from postwarden import scrape
+
 # Seconds from end of message to the reply: signing takes about a millisecond, DNS more.
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
            30.0)
@@ -110,34 +109,6 @@ class MilterCounters:
                     else "other")] += 1
 
 
-async def _scrape(counters: MilterCounters, reader: asyncio.StreamReader,
-                  writer: asyncio.StreamWriter) -> None:
-    try:
-        async with asyncio.timeout(HTTP_TIMEOUT):
-            head = await reader.readuntil(b"\r\n\r\n")
-        method, target, *_ = [*head.split(b"\r\n", 1)[0].split(b" "), b"", b""]
-        if method not in (b"GET", b"HEAD"):
-            status, body = "405 Method Not Allowed", "GET only\n"
-        elif target.split(b"?", 1)[0] in (b"/metrics", b"/"):
-            status, body = "200 OK", counters.prometheus()
-        else:
-            status, body = "404 Not Found", "try /metrics\n"
-        data = body.encode()
-        writer.write(f"HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4; "
-                     f"charset=utf-8\r\nContent-Length: {len(data)}\r\n"
-                     "Connection: close\r\n\r\n".encode()
-                     + (data if method != b"HEAD" else b""))
-        await writer.drain()
-    except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
-            ConnectionError):
-        pass
-    finally:
-        writer.close()
-        with contextlib.suppress(Exception):
-            await writer.wait_closed()
-
-
 async def start_metrics(sock: socket.socket, counters: MilterCounters) -> asyncio.Server:
     """Serve ``counters`` on the bound TCP socket ``sock`` (GET /metrics)."""
-    return await asyncio.start_server(
-        lambda r, w: _scrape(counters, r, w), sock=sock, limit=MAX_HTTP)
+    return await scrape.serve(sock, counters.prometheus)

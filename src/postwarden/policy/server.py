@@ -5,8 +5,8 @@ Security: anyone who can reach a listening socket is a client; unix sockets are 
 moment when they are wider than asked. A stale socket file is removed only after a
 connection to it is refused; a live server on it, or a file that is not a socket, stops
 the start. Each connection owns one decoder; a protocol error closes that connection with
-one log line and touches no other. The metrics endpoint reads at most ``MAX_HTTP`` bytes of
-request head, answers and closes; it shows counters only.
+one log line and touches no other. The metrics endpoint (postwarden.scrape) reads a
+bounded request head, answers and closes; it shows counters only.
 Standards: SMTPD_POLICY_README (persistent connections, one request at a time, "in case
 of trouble ... log a warning and disconnect"); RFC 9112 (just enough HTTP/1.1 for a
 Prometheus scrape); Prometheus text exposition format 0.0.4.
@@ -40,7 +40,7 @@ import signal
 import socket
 from collections.abc import Callable, Sequence
 
-from postwarden import prefork
+from postwarden import prefork, scrape
 from postwarden.dns import DnsResolver
 from postwarden.errors import UsageError
 from postwarden.listen import SharedAcceptor, bind_tcp, bind_unix
@@ -55,8 +55,6 @@ from postwarden.settings import Endpoint, Settings
 log = logging.getLogger(__name__)
 
 READ_SIZE = 4096
-MAX_HTTP = 8192
-HTTP_TIMEOUT = 5.0
 
 
 def parse_hostport(text: str) -> tuple[str, int]:
@@ -107,8 +105,8 @@ class PolicyServer:
         for sock in self.sockets:
             self._servers.append(SharedAcceptor(sock, self._accept))
         if self.metrics_socket is not None:
-            self._servers.append(await asyncio.start_server(
-                self._scrape, sock=self.metrics_socket, limit=MAX_HTTP))
+            self._servers.append(await scrape.serve(self.metrics_socket,
+                                                    self.service.counters.prometheus))
 
     def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         # Our own task rather than asyncio's wrapper: on Python 3.11 the wrapper logs a
@@ -174,32 +172,6 @@ class PolicyServer:
         log.info("policyd: %s idle for %g s, closing", peer, self.idle_timeout)
         writer.close()  # the connection's read sees the end and it finishes as usual
         return True
-
-    async def _scrape(self, reader: asyncio.StreamReader,
-                      writer: asyncio.StreamWriter) -> None:
-        try:
-            async with asyncio.timeout(HTTP_TIMEOUT):
-                head = await reader.readuntil(b"\r\n\r\n")
-            method, target, *_ = [*head.split(b"\r\n", 1)[0].split(b" "), b"", b""]
-            if method not in (b"GET", b"HEAD"):
-                status, body = "405 Method Not Allowed", "GET only\n"
-            elif target.split(b"?", 1)[0] in (b"/metrics", b"/"):
-                status, body = "200 OK", self.service.counters.prometheus()
-            else:
-                status, body = "404 Not Found", "try /metrics\n"
-            data = body.encode()
-            writer.write(f"HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4; "
-                         f"charset=utf-8\r\nContent-Length: {len(data)}\r\n"
-                         "Connection: close\r\n\r\n".encode()
-                         + (data if method != b"HEAD" else b""))
-            await writer.drain()
-        except (TimeoutError, asyncio.IncompleteReadError,
-                asyncio.LimitOverrunError, ConnectionError):
-            pass
-        finally:
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
 
     def addresses(self) -> list[str]:
         """Where the server listens (``unix:PATH``, ``tcp:HOST:PORT``), metrics last."""

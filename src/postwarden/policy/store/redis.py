@@ -54,33 +54,43 @@ T = TypeVar("T")
 
 _F = "local function f(x) return string.format('%.17g', x) end\n"
 
+# The greylist step on one triplet record (``greylist_step``): its first and last
+# attempt and whether it had passed before; the record and its expiry are written.
+_STEP = """
+local function step(record, expiry, now, delay, rw, maxage, slack)
+  local v = redis.call('HMGET', record, 'f', 'l', 'e')
+  local first = now local last = '' local passed = 0
+  if v[1] and tonumber(v[3]) > now then
+    first = tonumber(v[1]) last = v[2]
+    if tonumber(last) - first >= delay then passed = 1
+    elseif now - first > rw then first = now end
+    if first > now then first = now end
+  end
+  local e
+  if now - first >= delay then e = now + maxage
+  else e = math.min(first + rw + 1, now + maxage) end
+  redis.call('HSET', record, 'f', f(first), 'l', f(now), 'e', f(e),
+             'c', ARGV[6], 's', ARGV[7], 'r', ARGV[8])
+  redis.call('EXPIRE', record, math.floor(e - now) + slack)
+  redis.call('ZADD', expiry, f(e), record)
+  return first, last, passed
+end
+"""
+
 # KEYS: record, expiry set. ARGV: now, delay, retry_window, max_age, slack,
 # client, sender, recipient. Mirrors greylist_step.
-_GREYLIST = _F + """
+_GREYLIST = _F + _STEP + """
 local now = tonumber(ARGV[1]) local delay = tonumber(ARGV[2])
 local rw = tonumber(ARGV[3]) local maxage = tonumber(ARGV[4])
-local v = redis.call('HMGET', KEYS[1], 'f', 'l', 'e')
-local first = now local last = '' local passed = 0
-if v[1] and tonumber(v[3]) > now then
-  first = tonumber(v[1]) last = v[2]
-  if tonumber(last) - first >= delay then passed = 1
-  elseif now - first > rw then first = now end
-  if first > now then first = now end
-end
-local e
-if now - first >= delay then e = now + maxage
-else e = math.min(first + rw + 1, now + maxage) end
-redis.call('HSET', KEYS[1], 'f', f(first), 'l', f(now), 'e', f(e),
-           'c', ARGV[6], 's', ARGV[7], 'r', ARGV[8])
-redis.call('EXPIRE', KEYS[1], math.floor(e - now) + tonumber(ARGV[5]))
-redis.call('ZADD', KEYS[2], f(e), KEYS[1])
+local first, last, passed = step(KEYS[1], KEYS[2], now, delay, rw, maxage,
+                                 tonumber(ARGV[5]))
 return {f(first), last, passed}
 """
 
 # KEYS: triplet record, client's auto-whitelist record, expiry set. ARGV: now, delay,
 # retry_window, max_age, slack, client, sender, recipient, awl_clients. Mirrors
 # greylist_request: _AWL's bump and _GREYLIST's step in one script.
-_GREYLIST_REQUEST = _F + """
+_GREYLIST_REQUEST = _F + _STEP + """
 local now = tonumber(ARGV[1]) local delay = tonumber(ARGV[2])
 local rw = tonumber(ARGV[3]) local maxage = tonumber(ARGV[4])
 local slack = tonumber(ARGV[5]) local awl = tonumber(ARGV[9])
@@ -102,21 +112,7 @@ if awl > 0 and count >= awl then
   bump()
   return {'awl'}
 end
-local v = redis.call('HMGET', KEYS[1], 'f', 'l', 'e')
-local first = now local last = '' local passed = 0
-if v[1] and tonumber(v[3]) > now then
-  first = tonumber(v[1]) last = v[2]
-  if tonumber(last) - first >= delay then passed = 1
-  elseif now - first > rw then first = now end
-  if first > now then first = now end
-end
-local e
-if now - first >= delay then e = now + maxage
-else e = math.min(first + rw + 1, now + maxage) end
-redis.call('HSET', KEYS[1], 'f', f(first), 'l', f(now), 'e', f(e),
-           'c', ARGV[6], 's', ARGV[7], 'r', ARGV[8])
-redis.call('EXPIRE', KEYS[1], math.floor(e - now) + slack)
-redis.call('ZADD', KEYS[3], f(e), KEYS[1])
+local first, last, passed = step(KEYS[1], KEYS[3], now, delay, rw, maxage, slack)
 local newly = 0
 if awl > 0 and now - first >= delay and passed == 0 and bump() == awl then newly = 1 end
 return {f(first), last, passed, newly}
