@@ -6,21 +6,24 @@ directory; both are stopped (by process) at the end, whatever happens. The load 
 Standards: SMTPD_POLICY_README (the request format smtpd sends).
 
 Usage: ``.venv/bin/python benchmarks/policy_speed.py [--requests 10000] [--runs 5]
-[--concurrency 1,50] [--rate R] [--policyd-workers N]`` as root (postgrey drops to its
+[--concurrency 1,50] [--rate R] [--policyd-workers 1,2]`` as root (postgrey drops to its
 own user). Scenarios, each at concurrency 1 and 50, on fresh state:
 
 - ``new``: every request a triplet never seen (distinct senders over about 40 /24s), so
   every request writes a new entry and is deferred;
 - ``known``: the same triplets again, so every request updates an existing entry.
 
-Clients are asyncio protocols with one persistent connection each, sending requests one
-after another like smtpd processes (never two at once on a connection); requests are
-encoded before the clock starts, so the client costs little CPU per request. Each run
-starts both servers afresh, in alternating order; with ``--runs N`` the table shows
-medians over the runs and the range of requests per second, since on a shared machine
-single runs vary. Per server and scenario: requests per second, p50 and p99 latency, CPU
-per request of the server (user+system from /proc/PID/stat, threads and worker processes
-included) and of this client, then the ratio postwarden/postgrey. The load average before
+The client keeps one persistent connection per simulated smtpd process and sends requests
+one after another on each (never two at once on a connection), like smtpd; it is a plain
+epoll loop with requests encoded before the clock starts, so it costs little CPU per
+request and leaves the machine's CPUs to the servers. Postwarden runs once per
+``--policyd-workers`` count (the rows ``w=1``, ``w=2``: processes sharing the socket and
+the SQLite file). Each run starts every server afresh, in alternating order; with
+``--runs N`` the table shows medians over the runs and the range of requests per
+second, since on a shared machine single runs vary. Per server and scenario: requests
+per second, p50 and p99 latency, CPU per request of the server (user+system from
+/proc/PID/stat, threads and worker processes included) and of this client, then the
+ratio of each postwarden row to postgrey. The load average before
 and after is printed as a noise indicator. The load is closed-loop: with N connections
 there are always N requests in flight, so mean latency is N divided by the rate (Little's
 law). ``--rate R`` makes it open-loop instead: R requests per second offered in total,
@@ -36,8 +39,9 @@ a power loss before the next checkpoint; see docs/policyd.md).
 from __future__ import annotations
 
 import argparse
-import asyncio
+import heapq
 import os
+import select
 import shutil
 import signal
 import socket
@@ -101,88 +105,95 @@ def request(index: int) -> bytes:
     return "".join(f"{k}={v}\n" for k, v in attributes.items()).encode() + b"\n"
 
 
-class Client(asyncio.Protocol):
-    """One smtpd-like connection: sends its requests one after another, each only after
-    the reply to the previous one. Requests are encoded before the clock starts and the
-    reply is only checked for its end and its first word, so the client costs little CPU
-    per request and the measurement is of the server.
+class Connection:
+    """One smtpd-like connection: it sends its requests one after another, each only
+    after the reply to the previous one has come in. Requests are encoded before the clock
+    starts and a reply is only checked for its end and its first word."""
 
-    Closed loop (``interval`` 0): the next request goes out as soon as the reply is in;
-    latency is counted from the send. Open loop: request k is due at ``start + k *
-    interval``; latency is counted from when it was due, so a server that falls behind is
-    charged for the wait too (no coordinated omission)."""
-
-    def __init__(self, requests: list[bytes], latencies: list[float],
-                 done: asyncio.Future[None], interval: float = 0.0,
-                 start: float = 0.0) -> None:
+    def __init__(self, sock: socket.socket, requests: list[bytes], due: float) -> None:
+        self.sock = sock
         self.requests = requests
-        self.latencies = latencies
-        self.done = done
-        self.interval = interval
-        self.start = start
         self.next = 0
         self.buffer = b""
-        self.sent = 0.0
-        self.transport: asyncio.Transport | None = None
-        self.loop = asyncio.get_running_loop()
+        self.due = due      # open loop: when the next request is due
+        self.sent = 0.0     # when the request in flight was sent (or was due)
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        self._next()
-
-    def _next(self) -> None:
-        assert self.transport is not None
-        if self.next == len(self.requests):
-            self.transport.close()
-            if not self.done.done():
-                self.done.set_result(None)
-            return
-        now = self.loop.time()
-        if not self.interval:
-            self._send(now)
-            return
-        due = self.start + self.next * self.interval
-        if due > now:
-            self.loop.call_at(due, self._send, due)
-        else:
-            self._send(due)
-
-    def _send(self, due: float) -> None:
-        assert self.transport is not None
-        self.sent = due
-        self.transport.write(self.requests[self.next])
+    def send(self, when: float) -> None:
+        self.sent = when
+        self.sock.sendall(self.requests[self.next])
         self.next += 1
 
-    def data_received(self, data: bytes) -> None:
+    def receive(self) -> bool:
+        """Read what is there; True once the reply is whole."""
+        data = self.sock.recv(4096)
+        if not data:
+            raise RuntimeError("the server closed the connection")
         self.buffer += data
         if not self.buffer.endswith(b"\n\n"):
-            return
-        self.latencies.append(self.loop.time() - self.sent)
+            return False
         reply, self.buffer = self.buffer, b""
         if not reply.startswith(b"action=") or reply.count(b"\n") != 2:
-            self._fail(RuntimeError(f"unexpected reply {reply[:80]!r}"))
-            return
-        self._next()
+            raise RuntimeError(f"unexpected reply {reply[:80]!r}")
+        return True
 
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self.next < len(self.requests) or self.buffer:
-            self._fail(exc or RuntimeError("the server closed the connection"))
-
-    def _fail(self, exc: BaseException) -> None:
-        if self.transport is not None:
-            self.transport.close()
-        if not self.done.done():
-            self.done.set_exception(exc)
+    @property
+    def finished(self) -> bool:
+        return self.next == len(self.requests)
 
 
-async def client(port: int, requests: list[bytes], latencies: list[float],
-                 interval: float = 0.0, start: float = 0.0) -> None:
-    loop = asyncio.get_running_loop()
-    done: asyncio.Future[None] = loop.create_future()
-    await loop.create_connection(
-        lambda: Client(requests, latencies, done, interval, start), HOST, port)
-    await done
+def drive(port: int, shares: list[list[bytes]], interval: float) -> list[float]:
+    """Send every share over a connection of its own and return the latencies.
+
+    A plain epoll loop in this one thread rather than asyncio, so that the load generator
+    costs as little CPU as it can: on a machine with few CPUs it shares them with the
+    servers. Closed loop (``interval`` 0): the next request goes out as soon as the reply
+    is in; latency is counted from the send. Open loop: each connection's request k is due
+    ``k * interval`` after its start (the connections' starts are staggered); latency is
+    counted from when it was due, so a server that falls behind is charged for the wait
+    too (no coordinated omission)."""
+    latencies: list[float] = []
+    connections: dict[int, Connection] = {}
+    poller = select.epoll()
+    try:
+        for share in shares:
+            sock = socket.create_connection((HOST, port))
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            connections[sock.fileno()] = Connection(sock, share, 0.0)
+        begin = time.perf_counter() + 0.01
+        waiting: list[tuple[float, int]] = []  # (due, fd) of requests not yet sent
+        for number, (fd, conn) in enumerate(connections.items()):
+            conn.due = begin + number * interval / len(connections)
+            waiting.append((conn.due, fd))
+            poller.register(fd, select.EPOLLIN)
+        heapq.heapify(waiting)
+        busy = len(connections)
+        while busy:
+            now = time.perf_counter()
+            while waiting and waiting[0][0] <= now:
+                due, fd = heapq.heappop(waiting)
+                connections[fd].send(due if interval else now)
+            timeout = max(0.0, waiting[0][0] - now) if waiting else 5.0
+            events = poller.poll(timeout)
+            if not events and not waiting:
+                raise RuntimeError("no reply for 5 seconds")
+            for fd, _ in events:
+                conn = connections[fd]
+                if not conn.receive():
+                    continue
+                now = time.perf_counter()
+                latencies.append(now - conn.sent)
+                if conn.finished:
+                    busy -= 1
+                elif interval:  # sent when due; if that is past, at once, charged from then
+                    conn.due += interval
+                    heapq.heappush(waiting, (conn.due, fd))
+                else:
+                    conn.send(now)
+    finally:
+        poller.close()
+        for conn in connections.values():
+            conn.sock.close()
+    return latencies
 
 
 def cpu_seconds(pid: int) -> float:
@@ -200,21 +211,17 @@ def cpu_seconds(pid: int) -> float:
     return total / TICKS
 
 
-async def load(port: int, pid: int, requests: int, concurrency: int,
-               rate: float = 0.0) -> Result:
+def load(port: int, pid: int, requests: int, concurrency: int,
+         rate: float = 0.0) -> Result:
     """Send ``requests`` over ``concurrency`` connections: closed loop, or open loop at
     ``rate`` requests per second in total (each connection gets its share, staggered)."""
-    latencies: list[float] = []
     shares = [[request(index) for index in range(i, requests, concurrency)]
               for i in range(concurrency)]
     interval = concurrency / rate if rate else 0.0
-    begin = asyncio.get_running_loop().time() + 0.05
     cpu = cpu_seconds(pid)
     client_cpu = time.process_time()
     start = time.perf_counter()
-    await asyncio.gather(*(client(port, share, latencies, interval,
-                                  begin + i * interval / concurrency)
-                           for i, share in enumerate(shares)))
+    latencies = drive(port, shares, interval)
     seconds = time.perf_counter() - start
     return Result(requests, seconds, latencies, cpu_seconds(pid) - cpu,
                   time.process_time() - client_cpu)
@@ -288,20 +295,23 @@ def run_server(name: str, start: Callable[[Path, int], subprocess.Popen[bytes]],
         try:
             wait_listening(port, process)
             for scenario in ("new", "known"):
-                results[(scenario, concurrency)] = asyncio.run(
-                    load(port, process.pid, requests, concurrency, rate))
+                results[(scenario, concurrency)] = load(port, process.pid, requests,
+                                                        concurrency, rate)
         finally:
             stop(process)
     return results
 
 
 def one_run(number: int, tmp: Path, requests: int, levels: list[int],
-            workers: int, rate: float) -> dict[str, Table]:
-    """Both servers, each on fresh state; the order alternates from run to run."""
-    starts = {"postgrey": start_postgrey, "postwarden": policyd_starter(workers)}
+            workers: list[int], rate: float) -> dict[str, Table]:
+    """Every server, each on fresh state; the order alternates from run to run."""
+    starts: dict[str, Callable[[Path, int], subprocess.Popen[bytes]]] = {
+        "postgrey": start_postgrey}
+    for count in workers:
+        starts[f"postwarden w={count}"] = policyd_starter(count)
     order = list(starts) if number % 2 == 0 else list(reversed(starts))
-    return {name: run_server(name, starts[name], tmp / f"run{number}", requests, levels,
-                             rate)
+    return {name: run_server(name.replace(" ", "").replace("=", ""), starts[name],
+                             tmp / f"run{number}", requests, levels, rate)
             for name in order}
 
 
@@ -311,12 +321,13 @@ def median(values: list[float]) -> float:
 
 def report(runs: list[dict[str, Table]]) -> None:
     """Per scenario: each server's median over the runs, the spread of its rate, and the
-    ratio postwarden/postgrey of the medians."""
-    print(f"{'scenario':8} {'conc':>4} {'server':10} {'req/s':>7} {'(min-max)':>13} "
+    ratio of each postwarden row to postgrey's medians."""
+    print(f"{'scenario':8} {'conc':>4} {'server':14} {'req/s':>7} {'(min-max)':>13} "
           f"{'p50 ms':>7} {'p99 ms':>7} {'srv CPU':>8} {'client CPU':>10}")
-    medians: dict[str, tuple[float, float, float, float]] = {}
+    names = ["postgrey", *sorted(name for name in runs[0] if name != "postgrey")]
     for key in runs[0]["postgrey"]:
-        for name in ("postgrey", "postwarden"):
+        medians: dict[str, tuple[float, float, float, float]] = {}
+        for name in names:
             results = [run[name][key] for run in runs]
             rates = [r.rate for r in results]
             medians[name] = (median(rates),
@@ -326,12 +337,15 @@ def report(runs: list[dict[str, Table]]) -> None:
             client = median([r.client_cpu_seconds / r.requests * 1e6 for r in results])
             rate, p50, p99, cpu = medians[name]
             spread = f"{min(rates):.0f}-{max(rates):.0f}"
-            print(f"{key[0]:8} {key[1]:4} {name:10} {rate:7.0f} {spread:>13} {p50:7.2f} "
+            print(f"{key[0]:8} {key[1]:4} {name:14} {rate:7.0f} {spread:>13} {p50:7.2f} "
                   f"{p99:7.2f} {cpu:5.0f} us {client:7.0f} us")
-        ours, theirs = medians["postwarden"], medians["postgrey"]
-        print(f"{'':8} {'':4} {'ratio':10} {ours[0] / theirs[0]:6.1f}x {'':13} "
-              f"{ours[1] / theirs[1]:6.2f}x {ours[2] / theirs[2]:6.2f}x "
-              f"{ours[3] / max(theirs[3], 1e-9):5.2f}x")
+        theirs = medians["postgrey"]
+        for name in names[1:]:
+            ours = medians[name]
+            label = "ratio " + name.split()[-1]
+            print(f"{'':8} {'':4} {label:14} {ours[0] / theirs[0]:6.1f}x {'':13} "
+                  f"{ours[1] / theirs[1]:6.2f}x {ours[2] / theirs[2]:6.2f}x "
+                  f"{ours[3] / max(theirs[3], 1e-9):5.2f}x")
 
 
 def main() -> int:
@@ -341,21 +355,23 @@ def main() -> int:
                         help="repeat the whole comparison and report medians (default 1)")
     parser.add_argument("--concurrency", default="1,50", metavar="N,N",
                         help="connection counts to test (default 1,50)")
-    parser.add_argument("--policyd-workers", type=int, default=1, metavar="N",
-                        help="postwarden processes on the socket ([policyd] workers; "
-                             "default 1)")
+    parser.add_argument("--policyd-workers", default="1,2", metavar="N,N",
+                        help="postwarden rows to run, by processes on the socket "
+                             "([policyd] workers; default 1,2)")
     parser.add_argument("--rate", type=float, default=0.0, metavar="R",
                         help="open loop: offer R requests per second in total, spread over "
                              "the connections (default: closed loop, as fast as answered)")
     args = parser.parse_args()
     levels = [int(n) for n in args.concurrency.split(",")]
+    workers = [int(n) for n in args.policyd_workers.split(",")]
     if os.geteuid() != 0:
         print("policy_speed: run as root (postgrey changes to its own user)", file=sys.stderr)
         return 2
-    if not 1 <= args.requests <= MAX_REQUESTS or not all(1 <= n <= MAX_CONNECTIONS
-                                                         for n in levels):
-        print(f"policy_speed: at most {MAX_REQUESTS} requests and {MAX_CONNECTIONS} "
-              "connections", file=sys.stderr)
+    if (not 1 <= args.requests <= MAX_REQUESTS
+            or not all(1 <= n <= MAX_CONNECTIONS for n in levels)
+            or not all(1 <= n <= 8 for n in workers)):
+        print(f"policy_speed: at most {MAX_REQUESTS} requests, {MAX_CONNECTIONS} "
+              "connections and 8 workers", file=sys.stderr)
         return 2
     load_before = os.getloadavg()[0]
     runs = []
@@ -363,10 +379,10 @@ def main() -> int:
         os.chmod(tmp, 0o755)  # noqa: S103 - the servers run as postgrey and nobody
         for number in range(args.runs):
             (Path(tmp) / f"run{number}").mkdir(mode=0o755)
-            runs.append(one_run(number, Path(tmp), args.requests, levels,
-                                args.policyd_workers, args.rate))
+            runs.append(one_run(number, Path(tmp), args.requests, levels, workers,
+                                args.rate))
     print(f"{args.runs} run(s) of {args.requests} requests per scenario; postwarden with "
-          f"{args.policyd_workers} worker(s); "
+          f"{args.policyd_workers} worker(s) (w=N); "
           + (f"open loop at {args.rate:g} req/s; " if args.rate else "closed loop; ")
           + "load average "
           f"{load_before:.2f} before, {os.getloadavg()[0]:.2f} after, on "

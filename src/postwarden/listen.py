@@ -101,13 +101,17 @@ class SharedAcceptor:
     processes on one socket (``postwarden.prefork``) a burst of connections all lands on
     whichever process woke first. This takes one connection per wakeup: every process
     that is free wakes, and the connections spread over them. The interface is the part
-    of ``asyncio.Server`` the daemons use (``sockets``, ``close``, ``wait_closed``).
+    of ``asyncio.Server`` the daemons use (``sockets``, ``close``, ``wait_closed``). Each
+    connection goes to ``handler`` as a stream pair, or to a new ``protocol()``.
     """
 
-    def __init__(self, sock: socket.socket, handler: StreamHandler, *,
+    def __init__(self, sock: socket.socket, handler: StreamHandler | None = None, *,
+                 protocol: Callable[[], asyncio.Protocol] | None = None,
                  limit: int = 2 ** 16) -> None:
+        if (handler is None) == (protocol is None):
+            raise ValueError("SharedAcceptor: give a stream handler or a protocol factory")
         self.sockets = [sock]
-        self._handler, self._limit = handler, limit
+        self._handler, self._protocol, self._limit = handler, protocol, limit
         self._loop = asyncio.get_running_loop()
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
@@ -137,10 +141,14 @@ class SharedAcceptor:
     async def _open(self, conn: socket.socket) -> None:
         conn.setblocking(False)
         try:
+            if self._protocol is not None:
+                await self._loop.connect_accepted_socket(self._protocol, conn)
+                return
             reader, writer = await asyncio.open_connection(sock=conn, limit=self._limit)
         except OSError:
             conn.close()
             return
+        assert self._handler is not None
         self._handler(reader, writer)
 
     def close(self) -> None:

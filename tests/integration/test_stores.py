@@ -429,15 +429,24 @@ def test_sqlite_group_commit_and_cancelled_callers(tmp_path: Path) -> None:
         calls = [asyncio.ensure_future(store.greylist_attempt(
             Triplet("192.0.2.0", f"s{i}@x", "r@y"), NOW, TIMING)) for i in range(5)]
         calls[2].cancel()
+        outcomes = await asyncio.gather(*calls, return_exceptions=True)
+        assert isinstance(outcomes[2], asyncio.CancelledError)
+        # One transaction, and no savepoints while no job fails.
+        assert [line for line in seen if not line.startswith(("SELECT", "INSERT"))] == \
+            ["BEGIN IMMEDIATE", "COMMIT"]
+        seen.clear()
+        calls = [asyncio.ensure_future(store.greylist_attempt(
+            Triplet("192.0.2.0", f"t{i}@x", "r@y"), NOW, TIMING)) for i in range(3)]
         bad = asyncio.ensure_future(store._run(lambda db: db.execute("DELETE FROM nowhere")))
         outcomes = await asyncio.gather(*calls, bad, return_exceptions=True)
         db.set_trace_callback(None)
         assert isinstance(outcomes[-1], StoreError) and "nowhere" in str(outcomes[-1])
-        assert isinstance(outcomes[2], asyncio.CancelledError)
-        assert [line for line in seen if line in ("BEGIN IMMEDIATE", "COMMIT")] == \
-            ["BEGIN IMMEDIATE", "COMMIT"]
+        # The group is rolled back and run again, each job in a savepoint of its own.
+        control = [line for line in seen if line in ("BEGIN IMMEDIATE", "COMMIT", "ROLLBACK")]
+        assert control == ["BEGIN IMMEDIATE", "ROLLBACK", "BEGIN IMMEDIATE", "COMMIT"]
+        assert seen.count("SAVEPOINT job") == 4
         keys = [e.sender for e in await store.list_triplets(NOW)]
-        assert keys == ["s0@x", "s1@x", "s3@x", "s4@x"]
+        assert keys == ["s0@x", "s1@x", "s3@x", "s4@x", "t0@x", "t1@x", "t2@x"]
     run(url, body)
 
 

@@ -33,3 +33,19 @@ else:
 
 def warn(message: str) -> None:
     print(f"postwarden: warning: {message}", file=sys.stderr)
+
+
+def daemon_logging() -> None:
+    """Log lines to standard error (the journal, under systemd) as ``LEVEL: message``.
+
+    A daemon logs a line per decision, so each line should cost little: the logging
+    module is told not to look up the caller's file and line or the thread and process
+    names for every record (the logging HOWTO's "Optimization" settings), none of which
+    this format shows."""
+    import logging
+    logging._srcfile = None  # as the HOWTO says
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(levelname)s: %(message)s")

@@ -9,10 +9,9 @@ Standards: Postfix MILTER_README; RFC 6376 3.6.1 (key records, what the check co
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import TYPE_CHECKING
 
-from postwarden.cli.common import EXIT_FINDINGS, EXIT_OK, Subparsers
+from postwarden.cli.common import EXIT_FINDINGS, EXIT_OK, Subparsers, daemon_logging
 
 if TYPE_CHECKING:
     from postwarden.settings import Settings
@@ -49,7 +48,6 @@ def add(commands: Subparsers) -> None:
 def _milter(args: argparse.Namespace) -> int:
     """``milter``: load and check the settings, then bind, drop privileges and serve."""
     import dataclasses
-    import logging
     from pathlib import Path
 
     from postwarden import settings as config
@@ -68,8 +66,7 @@ def _milter(args: argparse.Namespace) -> int:
     metrics = parse_hostport(args.metrics) if args.metrics else None
     if args.check_config:
         return _check(loaded, dns=not args.offline)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(levelname)s: %(message)s")
+    daemon_logging()
     return service.run(loaded, metrics)
 
 

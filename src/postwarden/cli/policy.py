@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from collections.abc import Sequence
 
 from postwarden.cli.common import (
@@ -16,6 +15,7 @@ from postwarden.cli.common import (
     EXIT_OK,
     Parser,
     Subparsers,
+    daemon_logging,
 )
 from postwarden.errors import UsageError
 
@@ -42,7 +42,6 @@ def _add_policyd(commands: Subparsers) -> None:
 
 def _policyd(args: argparse.Namespace) -> int:
     """``policyd``: load and check the settings, then bind, drop privileges and serve."""
-    import logging
     from pathlib import Path
 
     from postwarden import settings as config
@@ -54,8 +53,7 @@ def _policyd(args: argparse.Namespace) -> int:
     if args.check_config:
         print(loaded.summary())
         return EXIT_OK
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(levelname)s: %(message)s")
+    daemon_logging()
     return server.run(loaded, metrics, workers=loaded.policyd.workers)
 
 

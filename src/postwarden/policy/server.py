@@ -39,12 +39,14 @@ import logging
 import signal
 import socket
 from collections.abc import Callable, Sequence
+from typing import cast
 
 from postwarden import prefork, scrape
 from postwarden.dns import DnsResolver
 from postwarden.errors import UsageError
 from postwarden.listen import SharedAcceptor, bind_tcp, bind_unix
 from postwarden.policy import privileges
+from postwarden.policy.model import PolicyRequest
 from postwarden.policy.protocol import ProtocolError, RequestDecoder, encode_reply
 from postwarden.policy.service import PolicyService, SystemClock, build_checks
 from postwarden.policy.store import StoreError, expire_forever, open_store
@@ -95,83 +97,20 @@ class PolicyServer:
         # max_ttl (1000 s); a peer silent for much longer than that is not smtpd.
         self.idle_timeout = idle_timeout
         self._servers: list[asyncio.Server | SharedAcceptor] = []
-        self._idle: set[asyncio.Task[None]] = set()
-        self._busy: set[asyncio.Task[None]] = set()
-        self._tasks: set[asyncio.Task[None]] = set()  # strong references to all of them
+        self.connections: set[_Connection] = set()
         self._stopping = False
         self._stopped = asyncio.Event()
 
     async def start(self) -> None:
         for sock in self.sockets:
-            self._servers.append(SharedAcceptor(sock, self._accept))
+            self._servers.append(SharedAcceptor(sock, protocol=lambda: _Connection(self)))
         if self.metrics_socket is not None:
             self._servers.append(await scrape.serve(self.metrics_socket,
                                                     self.service.counters.prometheus))
 
-    def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        # Our own task rather than asyncio's wrapper: on Python 3.11 the wrapper logs a
-        # traceback for every connection task cancelled at shutdown (fixed in 3.12).
-        task = asyncio.get_running_loop().create_task(self._connection(reader, writer))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _connection(self, reader: asyncio.StreamReader,
-                          writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        peer = _peer(writer)
-        decoder = RequestDecoder()
-        counters = self.service.counters
-        counters.connections += 1
-        self._idle.add(task)
-        idle = _IdleTimer(self.idle_timeout, lambda: self._idle_too_long(task, writer, peer))
-        try:
-            while not self._stopping:
-                request = decoder.next_request()
-                if request is None:
-                    data = await reader.read(READ_SIZE)
-                    idle.touch()
-                    if not data:
-                        if decoder.in_request:
-                            log.info("policyd: %s disconnected in the middle of a request",
-                                     peer)
-                        break
-                    decoder.feed(data)
-                    continue
-                self._idle.discard(task)
-                self._busy.add(task)
-                verdict = await self.service.decide(request)
-                writer.write(encode_reply(verdict.action))
-                await writer.drain()
-                self._busy.discard(task)
-                self._idle.add(task)
-        except ProtocolError as exc:
-            counters.errors["protocol"] += 1
-            log.warning("policyd: %s: protocol error, closing the connection: %s", peer, exc)
-        except (ConnectionError, BrokenPipeError):
-            pass
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("policyd: %s: internal error, closing the connection", peer)
-        finally:
-            idle.cancel()
-            self._idle.discard(task)
-            self._busy.discard(task)
-            counters.connections -= 1
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
-
-    def _idle_too_long(self, task: asyncio.Task[None], writer: asyncio.StreamWriter,
-                       peer: str) -> bool:
-        """The idle timer ran out: close the connection, unless a decision is in flight
-        (then the timer starts again)."""
-        if task not in self._idle:
-            return False
-        log.info("policyd: %s idle for %g s, closing", peer, self.idle_timeout)
-        writer.close()  # the connection's read sees the end and it finishes as usual
-        return True
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
 
     def addresses(self) -> list[str]:
         """Where the server listens (``unix:PATH``, ``tcp:HOST:PORT``), metrics last."""
@@ -191,15 +130,18 @@ class PolicyServer:
         self._stopping = True
         for server in self._servers:
             server.close()
-        for task in list(self._idle):
-            task.cancel()
-        if self._busy:
-            await asyncio.wait(list(self._busy), timeout=self.grace)
-        leftover = self._idle | self._busy
+        for conn in [c for c in self.connections if c.decision is None]:
+            conn.close()
+        busy = [c.decision for c in self.connections if c.decision is not None]
+        if busy:
+            await asyncio.wait(busy, timeout=self.grace)
+        leftover = [c.decision for c in self.connections if c.decision is not None]
         for task in leftover:
             task.cancel()
         if leftover:
-            await asyncio.wait(list(leftover), timeout=1.0)
+            await asyncio.wait(leftover, timeout=1.0)
+        for conn in list(self.connections):
+            conn.close()
         for server in self._servers:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(server.wait_closed(), 1.0)
@@ -207,6 +149,129 @@ class PolicyServer:
 
     async def wait_stopped(self) -> None:
         await self._stopped.wait()
+
+
+class _Connection(asyncio.Protocol):
+    """One client connection: bytes in, requests out of its decoder, one decision at a
+    time, the reply written when it is made.
+
+    A protocol rather than a stream pair and a task per connection: a request costs one
+    task (its decision) and no wake-ups of a reader. Reading pauses while a decision is
+    in flight (smtpd never sends before it has its reply, so this happens only with a
+    peer that does) and while the reply buffer is full (a peer that does not read), so
+    neither the decoder's buffer nor the replies can grow without bound."""
+
+    def __init__(self, server: PolicyServer) -> None:
+        self.server = server
+        self.service = server.service
+        self.decoder = RequestDecoder()
+        self.transport: asyncio.Transport | None = None
+        self.peer = "client"
+        self.decision: asyncio.Task[None] | None = None
+        self.idle: _IdleTimer | None = None
+        self.paused = False        # the transport asked us to stop writing
+        self.eof = False           # the peer has shut down its side
+        self.closing = False       # we are closing it: no more requests are taken
+        self.closed = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # a stream transport
+        self.peer = _peer(transport)
+        self.server.connections.add(self)
+        self.service.counters.connections += 1
+        self.idle = _IdleTimer(self.server.idle_timeout, self._idle_too_long)
+
+    def data_received(self, data: bytes) -> None:
+        assert self.idle is not None and self.transport is not None
+        self.idle.touch()
+        try:
+            self.decoder.feed(data)
+        except ProtocolError as exc:
+            self._protocol_error(exc)
+            return
+        if self.decision is None and not self.paused:
+            self._next()
+        elif not self.closing:
+            self.transport.pause_reading()  # resumed once the reply is out
+
+    def eof_received(self) -> bool:
+        """The peer will send no more: answer what it has sent whole, then close."""
+        self.eof = True
+        if self.decision is None:
+            self._next()
+        return True  # the transport stays open for replies; _next closes it after them
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self.idle is not None:
+            self.idle.cancel()
+        self.server.connections.discard(self)
+        self.service.counters.connections -= 1
+
+    def pause_writing(self) -> None:
+        self.paused = True
+
+    def resume_writing(self) -> None:
+        self.paused = False
+        if self.decision is None and not self.closed:
+            self._next()
+
+    def close(self) -> None:
+        self.closing = True
+        if self.transport is not None and not self.closed:
+            self.transport.close()
+
+    def _next(self) -> None:
+        """Start deciding the next whole request, if one has come; else read on."""
+        assert self.transport is not None
+        if self.server.stopping or self.closing:
+            return
+        try:
+            request = self.decoder.next_request()
+        except ProtocolError as exc:
+            self._protocol_error(exc)
+            return
+        if request is None:
+            if not self.eof:
+                self.transport.resume_reading()
+                return
+            if self.decoder.in_request:
+                log.info("policyd: %s disconnected in the middle of a request", self.peer)
+            self.close()
+            return
+        self.decision = asyncio.get_running_loop().create_task(self._decide(request))
+
+    async def _decide(self, request: PolicyRequest) -> None:
+        try:
+            verdict = await self.service.decide(request)
+            if not self.closed:
+                assert self.transport is not None
+                self.transport.write(encode_reply(verdict.action))
+        except asyncio.CancelledError:
+            self.close()
+            raise
+        except Exception:
+            log.exception("policyd: %s: internal error, closing the connection", self.peer)
+            self.close()
+        finally:
+            self.decision = None
+        if not self.closed and not self.paused:
+            self._next()
+
+    def _protocol_error(self, exc: ProtocolError) -> None:
+        self.service.counters.errors["protocol"] += 1
+        log.warning("policyd: %s: protocol error, closing the connection: %s", self.peer,
+                    exc)
+        self.close()
+
+    def _idle_too_long(self) -> bool:
+        """The idle timer ran out: close the connection, unless a decision is in flight
+        (then the timer starts again)."""
+        if self.decision is not None:
+            return False
+        log.info("policyd: %s idle for %g s, closing", self.peer, self.server.idle_timeout)
+        self.close()
+        return True
 
 
 class _IdleTimer:
@@ -237,8 +302,8 @@ class _IdleTimer:
         self.handle.cancel()
 
 
-def _peer(writer: asyncio.StreamWriter) -> str:
-    name = writer.get_extra_info("peername")
+def _peer(transport: asyncio.BaseTransport) -> str:
+    name = transport.get_extra_info("peername")
     if isinstance(name, tuple) and len(name) >= 2:
         return f"client {name[0]}:{name[1]}"
     return "client on unix socket"

@@ -10,6 +10,7 @@ and stale-socket handling, the privilege drop (as root, in a subprocess) and the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import shutil
@@ -303,6 +304,78 @@ def test_malformed_connection_does_not_disturb_another(caplog: pytest.LogCapture
     assert len(warnings) == 1 and "without '='" in warnings[0]
     assert any("disconnected in the middle of a request" in r.getMessage()
                for r in caplog.records)
+
+
+def test_pipelined_requests_and_a_half_close_are_answered_in_order() -> None:
+    """smtpd waits for each reply, but a peer that sends several requests at once and then
+    shuts down its side (``printf ... | nc``) still gets every answer, in order."""
+    async def main() -> None:
+        service = PolicyService([Echo(delay=0.01)], budget=5)
+        server, open_connection = await started(service, bind_tcp("127.0.0.1", 0))
+        reader, writer = await open_connection()
+        writer.write(b"".join(wire(f"p{i}@x") for i in range(5)))
+        writer.write_eof()
+        replies = await asyncio.wait_for(reader.read(), 5)
+        assert replies == b"".join(f"action=REJECT p{i}@x\n\n".encode() for i in range(5))
+        await server.stop()
+
+    asyncio.run(main())
+
+
+def test_a_peer_that_never_reads_its_replies_is_held_back() -> None:
+    """Requests keep coming one at a time but the replies are never read: once the
+    replies fill the send buffer the server stops taking requests (memory stays
+    bounded) instead of queueing replies without end."""
+    async def main() -> None:
+        service = PolicyService([Echo()], budget=5)
+        server, _ = await started(service, bind_tcp("127.0.0.1", 0))
+        host, port = server.addresses()[0][4:].rsplit(":", 1)
+        sock = socket.create_connection((host, int(port)))
+        sock.setblocking(False)
+        one = wire("x" * 3000 + "@x")  # a 3 KB request gets a 3 KB reply
+        held = False
+        for _ in range(4000):  # at most 12 MB of replies: far past any socket buffer
+            before = service.counters.requests
+            try:
+                sock.send(one)
+            except BlockingIOError:
+                held = True  # the server stopped reading too
+                break
+            for _ in range(20):
+                await asyncio.sleep(0.005)
+                if service.counters.requests > before:
+                    break
+            else:
+                held = True
+                break
+        assert held
+        [conn] = server.connections
+        assert conn.transport is not None
+        assert conn.transport.get_write_buffer_size() < 256 * 1024
+        sock.close()
+        await server.stop()
+
+    asyncio.run(main())
+
+
+def test_a_peer_that_floods_without_waiting_is_cut_off(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """More unanswered bytes than the decoder holds: a protocol error, one log line."""
+    async def main() -> None:
+        service = PolicyService([Echo()], budget=5)
+        server, open_connection = await started(service, bind_tcp("127.0.0.1", 0))
+        reader, writer = await open_connection()
+        writer.write(wire("y" * 3000 + "@x") * 100)
+        replies = b""
+        with contextlib.suppress(ConnectionResetError):  # closed with bytes unread: RST
+            replies = await asyncio.wait_for(reader.read(), 5)
+        assert replies.count(b"\n\n") < 100
+        assert service.counters.errors["protocol"] == 1
+        await server.stop()
+
+    with caplog.at_level(logging.INFO):
+        asyncio.run(main())
+    assert sum("protocol error" in r.getMessage() for r in caplog.records) == 1
 
 
 def test_idle_connection_is_closed_but_not_a_busy_one(
