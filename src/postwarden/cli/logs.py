@@ -13,7 +13,7 @@ import sys
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
-from postwarden.cli import logs_watch
+from postwarden.cli import logs_bans, logs_watch
 from postwarden.cli.common import EXIT_OK, Parser, Subparsers
 from postwarden.errors import UsageError
 
@@ -35,6 +35,7 @@ def add(commands: Subparsers) -> None:
     _add_summary(actions)
     _add_test_pattern(actions)
     logs_watch.add(actions)
+    logs_bans.add(actions)
 
 
 def _year(text: str) -> int:

@@ -9,11 +9,12 @@ Standards: see postwarden.logs.watch; Prometheus text exposition format 0.0.4.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from postwarden.cli.common import EXIT_OK, Subparsers
+from postwarden.cli.common import EXIT_OK, Subparsers, daemon_logging
 from postwarden.errors import UsageError
 
 if TYPE_CHECKING:  # imported when run, to keep the command line quick to start
@@ -27,6 +28,9 @@ def _source(sub: argparse.ArgumentParser) -> None:
                      help="the log file to follow (default [watch] file, /var/log/mail.log)")
     sub.add_argument("--journal", action="store_true",
                      help="follow the systemd journal (journalctl --follow --output=json)")
+    sub.add_argument("--journal-directory", metavar="DIR",
+                     help="follow the journal files in DIR (journalctl --directory), e.g. "
+                          "a journal collected from another host; implies --journal")
     sub.add_argument("--config", metavar="FILE",
                      help="settings file with a [watch] table (default "
                           "/etc/postwarden/postwarden.toml when it exists)")
@@ -69,18 +73,31 @@ def _settings(args: argparse.Namespace) -> WatchSettings:
     return settings.load(Path(args.config) if args.config else None).watch
 
 
-def _follower(args: argparse.Namespace, settings: WatchSettings) -> Follower:
+def _follower(args: argparse.Namespace, settings: WatchSettings, *,
+              keep_position: bool = True) -> Follower:
+    """The file or journal follower; with ``[watch] position_file`` (and
+    ``keep_position``: ``logs watch``, whose position it is) for the configured source."""
     from postwarden.logs.follow import FileFollower, JournalFollower
 
-    if args.journal and args.file:
+    journal = args.journal or bool(args.journal_directory)
+    if journal and args.file:
         raise UsageError("give FILE or --journal, not both")
-    if args.journal or (settings.journal and not args.file):
-        return JournalFollower(settings.journalctl, settings.journal_matches,
-                               from_start=args.from_start)
+    if not (keep_position and settings.position_file) or args.once or args.from_start:
+        settings = dataclasses.replace(settings, position_file="")
+    if journal or (settings.journal and not args.file):
+        # the position file belongs to the configured source, as for a FILE (below)
+        resume = settings.position_file and settings.journal and not args.journal_directory
+        return JournalFollower(
+            settings.journalctl, settings.journal_matches,
+            from_start=args.from_start or args.once, follow=not args.once,
+            directory=str(Path(args.journal_directory).absolute()) if args.journal_directory
+            else settings.journal_directory,
+            bookmark=Path(settings.position_file) if resume else None,
+            catchup=settings.journal_catchup)
     path = Path(args.file or settings.file)
     if args.once and not path.is_file():
         raise UsageError(f"{path}: no such file")
-    resume = settings.position_file and not (args.once or args.from_start or args.file)
+    resume = settings.position_file and not args.file
     return FileFollower(path, from_start=args.from_start or args.once,
                         bookmark=Path(settings.position_file) if resume else None)
 
@@ -108,32 +125,39 @@ def _serve(metrics: Metrics, where: str) -> None:
 
 def _watch(args: argparse.Namespace) -> int:
     """``logs watch``: the detector loop until SIGTERM (or the end of the log with --once)."""
-    import dataclasses
-    import logging
     import threading
 
-    from postwarden.logs.watch import Watcher, stop_on_signals
+    from postwarden.logs.bans import make_backend
+    from postwarden.logs.privsep import separated
+    from postwarden.logs.watch import Watcher, protected_networks, stop_on_signals
 
-    settings = _settings(args)
-    if args.dry_run:
-        settings = dataclasses.replace(settings, dry_run=True)
+    def load() -> WatchSettings:   # at start, and again at each SIGHUP
+        settings = _settings(args)
+        return dataclasses.replace(settings, dry_run=True) if args.dry_run else settings
+
+    settings = load()
     if args.check_config:
         print(settings.summary())
         return EXIT_OK
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(levelname)s: %(message)s")
-    follower = _follower(args, settings)
-    watcher = Watcher(settings, year=args.year)
-    if args.metrics:
-        _serve(watcher.metrics, args.metrics)
-    if args.once:
-        return _replay(watcher, follower)
-    stop = threading.Event()
-    stop_on_signals(stop)
-    try:
-        return watcher.run(follower, stop)
-    finally:
-        watcher.close()
+    daemon_logging()
+    stop, hangup = threading.Event(), threading.Event()
+    # As root: the helper that applies bans is forked (before any thread starts), then
+    # this process becomes [watch] user; the log, the store and the metrics socket are
+    # opened after that, as that user.
+    with separated(settings, make_backend(settings, dry_run=settings.dry_run),
+                   user=settings.user, groups=settings.groups,
+                   protected=protected_networks(settings), on_death=stop.set) as backend:
+        follower = _follower(args, settings)
+        watcher = Watcher(settings, year=args.year, backend=backend)
+        if args.metrics:
+            _serve(watcher.metrics, args.metrics)
+        if args.once:
+            return _replay(watcher, follower)
+        stop_on_signals(stop, hangup)
+        try:
+            return watcher.run(follower, stop, hangup=hangup, load=load)
+        finally:
+            watcher.close()
 
 
 def _replay(watcher: Watcher, follower: Follower) -> int:
@@ -168,7 +192,8 @@ def _metrics(args: argparse.Namespace) -> int:
     from postwarden.logs.watch import IDLE_SLEEP, stop_on_signals
 
     settings = _settings(args)
-    follower = _follower(args, settings)
+    # not the position file: that is the watcher's, which may run beside this exporter
+    follower = _follower(args, settings, keep_position=False)
     metrics = Metrics()
     parser = Parser(year=args.year)
     _serve(metrics, args.listen)

@@ -30,7 +30,10 @@ Theory of operation
    ``aggregate_window``; the duration is ``duration * factor ** (n - 1)`` for the n-th ban
    of that network remembered by the store, at most ``max_duration``. ``tick`` expires
    bans whose time is up and, when the store says another watcher changed something (or
-   every ``sync_interval``), re-reads the active bans and applies the difference.
+   every ``sync_interval``), re-reads the active bans and applies the difference: a ban
+   lifted in the store (``logs bans unban``, here or on another host) leaves ``applied``
+   and the backend, so no later full sync puts it back. A ban from the store that
+   overlaps a network protected here (another host may protect less) is never applied.
 4. A store outage is logged and the ban still applied locally; the store is written again
    at the next ban. In dry-run mode the manager uses a store in memory and no backend: it
    logs what it would do.
@@ -41,6 +44,7 @@ from __future__ import annotations
 import contextlib
 import heapq
 import ipaddress
+import json
 import logging
 import math
 import socket
@@ -128,7 +132,8 @@ class Backend(Protocol):
         """A ban's time is up."""
 
 
-def _run(command: Sequence[str], stdin: str | None = None) -> None:
+def _run(command: Sequence[str], stdin: str | None = None) -> str:
+    """Run a command (an argument list); its standard output, or ``BanError``."""
     try:
         result = subprocess.run(list(command), input=stdin, capture_output=True, text=True,
                                 timeout=COMMAND_TIMEOUT, check=False)
@@ -137,6 +142,7 @@ def _run(command: Sequence[str], stdin: str | None = None) -> None:
     if result.returncode != 0:
         raise BanError(f"{' '.join(command)}: exit {result.returncode}: "
                        f"{clip(result.stderr.strip() or result.stdout.strip(), 300)}")
+    return result.stdout
 
 
 class NftBackend:
@@ -187,10 +193,48 @@ class NftBackend:
         self.run(self._elements("delete", replaces, now) + self._elements("add", [ban], now))
 
     def lift(self, ban: Ban, now: float) -> None:
+        # An element that is not there (``logs bans unban`` removed it first) is an error
+        # here; the manager then rewrites the table from what it applies, which is right.
         self.run(self._elements("delete", [ban], now))
 
     def expire(self, ban: Ban, now: float) -> None:
         del ban, now  # the kernel's timeout already removed the element
+
+    def members(self) -> set[str]:
+        """The networks in the table's sets now, in CIDR form (none when there is no table
+        yet). Read from ``nft -j list set``, whose JSON is parsed, never evaluated."""
+        found: set[str] = set()
+        for family in ("v4", "v6"):
+            try:
+                text = _run([*self.settings.command, "-j", "list", "set", "inet",
+                             self.settings.table, family])
+            except BanError:
+                continue   # no table (or no set) yet: nothing is enforced
+            try:
+                items = json.loads(text)["nftables"]
+            except (ValueError, KeyError, TypeError):
+                raise BanError(f"nft -j list set {family}: unexpected output") from None
+            for item in items:
+                for element in item.get("set", {}).get("elem", []):
+                    found.add(_nft_network(element))
+        return found
+
+
+def _nft_network(element: object) -> str:
+    """One element of ``nft -j`` set output as a canonical network: ``"192.0.2.7"``,
+    ``{"prefix": {"addr": ..., "len": n}}``, either maybe inside ``{"elem": {"val": ...}}``."""
+    value = element
+    if isinstance(value, dict) and "elem" in value:
+        value = value["elem"].get("val") if isinstance(value["elem"], dict) else None
+    try:
+        if isinstance(value, str):
+            return str(ipaddress.ip_network(value))
+        if isinstance(value, dict) and isinstance(value.get("prefix"), dict):
+            prefix = value["prefix"]
+            return str(ipaddress.ip_network(f"{prefix['addr']}/{prefix['len']}"))
+    except (ValueError, KeyError):
+        pass
+    raise BanError(f"nft: unexpected set element {clip(str(element), 80)}")
 
 
 def map_key(network: str, kind: str) -> str | None:
@@ -232,17 +276,7 @@ class AccessMapBackend:
         return "\n".join(lines) + "\n"
 
     def write(self) -> None:
-        s = self.settings
-        path = Path(s.path)
-        try:
-            write_atomic(path, self.render().encode(), 0o644)
-        except OSError as exc:
-            raise BanError(f"{path}: {exc.strerror or exc}") from None
-        if s.type in ("hash", "lmdb"):
-            config = ["-c", s.config_directory] if s.config_directory else []
-            _run([s.postmap, *config, f"{s.type}:{path}"])
-        if s.reload_command:
-            _run(s.reload_command)
+        self._install(self.render())
 
     def sync(self, bans: Sequence[Ban], now: float) -> None:
         self.bans = {b.network: b for b in bans if b.expires > now}
@@ -260,6 +294,39 @@ class AccessMapBackend:
 
     def expire(self, ban: Ban, now: float) -> None:
         self.lift(ban, now)
+
+    def remove(self, networks: Sequence[str]) -> list[str]:
+        """Take the lines of ``networks`` out of the map as it is on disk (``logs bans
+        unban``: another process, the watcher, wrote it); the networks that were there."""
+        s = self.settings
+        keys = {key: network for network in networks
+                if (key := map_key(network, s.type)) is not None}
+        try:
+            lines = Path(s.path).read_text(encoding="utf-8").splitlines()
+        except FileNotFoundError:
+            return []
+        except (OSError, UnicodeDecodeError) as exc:
+            raise BanError(f"{s.path}: {getattr(exc, 'strerror', None) or exc}") from None
+        kept = [line for line in lines if line.split(" ", 1)[0] not in keys]
+        removed = sorted({keys[line.split(" ", 1)[0]] for line in lines
+                          if line.split(" ", 1)[0] in keys})
+        if removed:
+            self._install("\n".join(kept) + "\n")
+        return removed
+
+    def _install(self, text: str) -> None:
+        """Write the map (temp file, fsync, rename), then postmap and reload as needed."""
+        s = self.settings
+        path = Path(s.path)
+        try:
+            write_atomic(path, text.encode(), 0o644)
+        except OSError as exc:
+            raise BanError(f"{path}: {exc.strerror or exc}") from None
+        if s.type in ("hash", "lmdb"):
+            config = ["-c", s.config_directory] if s.config_directory else []
+            _run([s.postmap, *config, f"{s.type}:{path}"])
+        if s.reload_command:
+            _run(s.reload_command)
 
 
 class NoBackend:
@@ -306,6 +373,7 @@ class BanManager:
         self._neighbours = Distinct(max(1, self.ban.aggregate), self.ban.aggregate_window,
                                     settings.max_keys)
         self.counts = {"bans": 0, "refused": 0, "expired": 0, "errors": 0, "synced": 0}
+        self._refused: set[str] = set()   # protected networks of others' bans, logged once
 
     # -- start and synchronisation ----------------------------------------------------
 
@@ -325,14 +393,30 @@ class BanManager:
 
     def _outermost(self, bans: Sequence[Ban], now: float) -> dict[str, Ban]:
         """The live bans, without those another one in the list covers (nftables interval
-        sets refuse overlapping elements)."""
-        live = {b.network: b for b in bans if b.expires > now}
+        sets refuse overlapping elements), and without those that overlap a network this
+        host protects (another host, with other settings, may have made them)."""
+        live = {b.network: b for b in bans if b.expires > now and not self._protects(b)}
         for network in list(live):
             net = ipaddress.ip_network(network)
             bits = self.ban.ipv4_prefix if net.version == 4 else self.ban.ipv6_prefix
             if net.prefixlen > bits and str(net.supernet(new_prefix=bits)) in live:
                 del live[network]
         return live
+
+    def _protects(self, ban: Ban) -> bool:
+        """Whether a ban from the store must not be applied here: it overlaps a protected
+        network, or its network is not one (the store is shared; say so once)."""
+        try:
+            if not self.protection.overlaps(ipaddress.ip_network(ban.network)):
+                return False
+            reason = "protected here (loopback, ignore list or mynetworks)"
+        except ValueError:
+            reason = "not a network"
+        if ban.network not in self._refused:
+            self._refused.add(ban.network)
+            log.warning("watch: client=%s action=none origin=%s reason=%s: not applied",
+                        clip(shown(ban.network)), clip(ban.origin), reason.replace(" ", "\\x20"))
+        return True
 
     def _replace(self, bans: Sequence[Ban], now: float) -> None:
         self.applied = self._outermost(bans, now)

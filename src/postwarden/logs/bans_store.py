@@ -16,15 +16,22 @@ for escalation (``forget``, after ``expires``). A record is active while ``expir
 in the future; it stays in the store until ``forget`` so that a repeat offender gets a
 longer ban. Time is always passed in.
 
+``lift`` (a ban lifted by ``logs bans unban``, or replaced by a network ban) sets
+``expires`` to now, so the record stops being active but still counts for escalation;
+``forget`` drops the record. ``listing`` is the read-only view for ``logs bans list``:
+``active`` also deletes forgotten records, ``listing`` never writes.
+
 With Redis, ``put`` also publishes the network on the channel ``<prefix>bans``; every
-watcher subscribed to it learns of the ban at its next ``changed()`` call, and every
-watcher also re-reads the active set every ``sync_interval`` seconds, so a ban made on one
-MX host is applied on all of them even if a message on the channel was missed.
+watcher subscribed to it learns of the ban (``lift`` and ``forget`` publish too) at its
+next ``changed()`` call, and every watcher also re-reads the active set every
+``sync_interval`` seconds, so a ban made (or lifted) on one MX host is applied (or
+lifted) on all of them even if a message on the channel was missed.
 """
 
 from __future__ import annotations
 
 import contextlib
+import re
 import sqlite3
 import threading
 from collections.abc import Sequence
@@ -63,6 +70,11 @@ class BanStore(Protocol):
         """Every ban whose ``expires`` is after ``now``."""
     def lift(self, network: str, now: float) -> None:
         """End a ban now (it stays remembered for escalation)."""
+    def forget(self, network: str) -> None:
+        """Drop a network's record: its next offence counts as the first."""
+    def listing(self, now: float, *, ended: bool = False) -> list[Ban]:
+        """The active bans, and with ``ended`` the remembered ones that ended, by network;
+        reads only (``active`` also purges forgotten records)."""
     def changed(self) -> bool:
         """Whether another watcher changed the bans since the last call (cheap)."""
     def close(self) -> None: ...
@@ -79,15 +91,25 @@ CREATE INDEX IF NOT EXISTS watch_bans_forget ON watch_bans (forget);
 
 
 class SqliteBanStore:
-    """Bans in a SQLite file (WAL): one host, or several watchers on one file."""
+    """Bans in a SQLite file (WAL): one host, or several watchers on one file.
+    ``readonly``: open an existing file for reading only (``logs bans list``)."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, *, readonly: bool = False) -> None:
         try:
-            Path(path).parent.mkdir(mode=0o750, parents=True, exist_ok=True)
-            self._db = sqlite3.connect(path, timeout=TIMEOUT, check_same_thread=False,
-                                       isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.executescript(_SCHEMA)
+            if readonly:
+                if not Path(path).is_file():
+                    raise StoreError(f"ban store {path}: no such file (no ban was ever "
+                                     "recorded here)")
+                self._db = sqlite3.connect(f"{Path(path).absolute().as_uri()}?mode=ro",
+                                           uri=True, timeout=TIMEOUT,
+                                           check_same_thread=False, isolation_level=None)
+                self._db.execute("SELECT 1 FROM watch_bans LIMIT 1")
+            else:
+                Path(path).parent.mkdir(mode=0o750, parents=True, exist_ok=True)
+                self._db = sqlite3.connect(path, timeout=TIMEOUT, check_same_thread=False,
+                                           isolation_level=None)
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.executescript(_SCHEMA)
         except (OSError, sqlite3.Error) as exc:
             raise StoreError(f"ban store {path}: {exc}") from None
         self._lock = threading.Lock()
@@ -125,6 +147,16 @@ class SqliteBanStore:
     def lift(self, network: str, now: float) -> None:
         self._run("UPDATE watch_bans SET expires = ? WHERE network = ? AND expires > ?",
                   (now, network, now))
+
+    def forget(self, network: str) -> None:
+        self._run("DELETE FROM watch_bans WHERE network = ?", (network,))
+
+    def listing(self, now: float, *, ended: bool = False) -> list[Ban]:
+        # A record ended when it is still remembered (forget) but no longer active.
+        rows = self._run("SELECT network, since, expires, count, detector, reason, origin "
+                         "FROM watch_bans WHERE expires > ? OR (? AND forget > ?) "
+                         "ORDER BY network", (now, ended, now))
+        return [Ban(*row) for row in rows]
 
     def changed(self) -> bool:
         """True when another connection wrote the file (SQLite's ``data_version``)."""
@@ -225,6 +257,38 @@ class RedisBanStore:
             self._redis.publish(self.channel, network)
         self._do(write)
 
+    def forget(self, network: str) -> None:
+        def write() -> None:
+            pipe = self._redis.pipeline()
+            pipe.delete(self._key(network))
+            pipe.zrem(self._index, network)
+            pipe.publish(self.channel, network)
+            pipe.execute()
+        self._do(write)
+
+    def _networks(self, now: float, ended: bool) -> list[str]:
+        if not ended:
+            return [str(n) for n in self._redis.zrangebyscore(self._index, f"({now!r}", "+inf")]
+        # Every remembered record, active or not; the prefix is escaped for the glob.
+        pattern = re.sub(r"([*?\[\]\\])", r"\\\1", self._key("")) + "*"
+        found = self._redis.scan_iter(match=pattern, count=1000)
+        return [str(k)[len(self._key("")):] for k in found]
+
+    def listing(self, now: float, *, ended: bool = False) -> list[Ban]:
+        def read() -> list[Ban]:
+            networks = self._networks(now, ended)
+            pipe = self._redis.pipeline()
+            for network in networks:
+                pipe.hgetall(self._key(network))
+            found = []
+            for network, data in zip(networks, pipe.execute(), strict=True):
+                ban = self._ban(network, data, now) if data else None
+                if ban is not None and (ended or ban.expires > now):
+                    found.append(ban)
+            return sorted(found, key=lambda b: b.network)
+        result: list[Ban] = self._do(read)
+        return result
+
     def changed(self) -> bool:
         """Drain the channel without waiting; true when any message arrived."""
         try:
@@ -265,8 +329,15 @@ class MemoryBanStore:
         return entry[0] if entry and entry[1] > now else None
 
     def active(self, now: float) -> list[Ban]:
-        return sorted((b for b, _ in self._bans.values() if b.expires > now),
+        return self.listing(now)
+
+    def listing(self, now: float, *, ended: bool = False) -> list[Ban]:
+        return sorted((b for b, forget in self._bans.values()
+                       if b.expires > now or (ended and forget > now)),
                       key=lambda b: b.network)
+
+    def forget(self, network: str) -> None:
+        self._bans.pop(network, None)
 
     def lift(self, network: str, now: float) -> None:
         entry = self._bans.get(network)
@@ -282,11 +353,13 @@ class MemoryBanStore:
         pass
 
 
-def open_ban_store(url: str) -> BanStore:
-    """``sqlite:///abs/path.db``, ``redis://host:port/db[?prefix=p]`` or ``memory:``."""
+def open_ban_store(url: str, *, readonly: bool = False) -> BanStore:
+    """``sqlite:///abs/path.db``, ``redis://host:port/db[?prefix=p]`` or ``memory:``.
+    ``readonly``: only ``get``, ``listing`` and ``changed`` will be called (a SQLite file
+    must then exist already and is opened read-only; Redis is not written anyway)."""
     scheme = urlsplit(url).scheme.lower()
     if scheme == "sqlite":
-        return SqliteBanStore(sqlite_path(url))
+        return SqliteBanStore(sqlite_path(url), readonly=readonly)
     if scheme in ("redis", "rediss", "unix", "redis+unix"):
         return RedisBanStore(url)
     if scheme == "memory":

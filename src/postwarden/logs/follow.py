@@ -4,14 +4,18 @@ Security: the bytes read are outside data and go to the parser untouched, but ea
 cut at ``max_line`` bytes (the rest of an overlong line is dropped) and each ``poll``
 reads at most ``chunk`` bytes, so memory stays bounded whatever is written. journalctl runs
 with an argument list, never a shell; its match arguments come from the settings.
+The position file is trusted no more than a log: a record that does not parse, or a
+cursor with other characters than a journald cursor has, is ignored.
 Standards: logrotate's rotation by rename (``create``) and by ``copytruncate``; Postfix
 ``postfix logrotate`` (MAILLOG_README); journalctl(1) ``--follow --output=json``,
-``--after-cursor``, ``--no-tail``.
+``--after-cursor``, ``--since=@EPOCH``, ``--no-tail``, ``--directory``;
+sd_journal_get_cursor(3) (the cursor's ``t=`` field: realtime in hex microseconds).
 
 Theory of operation
 -------------------
 ``poll()`` never blocks: it returns the complete lines available now (possibly none), and
-the caller sleeps when there were none. A file is identified by (device, inode):
+the caller sleeps when there were none (the one exception: a journal follower without
+``follow``, for ``--once``, waits for journalctl). A file is identified by (device, inode):
 
 1. Rename rotation: the path now names another file (or none for a while). What is left
    in the old file is read to its end first, then the new file is read from its start.
@@ -27,9 +31,30 @@ the caller sleeps when there were none. A file is identified by (device, inode):
    long and with the same first bytes, is read on from there, so lines written while the
    watcher was down are not missed; any other file is read from its end as in point 3.
 
-The journal is read from ``journalctl --follow --output=json`` as a child process. When
-it exits it is restarted (after a pause) from the cursor of the last entry seen, so no
-entry is lost or read twice.
+The journal is read from ``journalctl --follow --output=json`` as a child process
+(``--directory=DIR`` for journal files collected from elsewhere; journalctl itself picks up
+files that appear in it). Every JSON entry carries its ``__CURSOR``:
+
+5. When journalctl exits it is restarted (after a pause) after the cursor of the last
+   entry returned, so no entry is lost or read twice. journalctl is told ``--no-tail``
+   whenever it starts from a position: with ``--follow`` alone (an implied
+   ``--lines=10``) journalctl 252 prints only the first 10 entries after the cursor and
+   then waits for new ones, silently skipping the rest (seen here, on real journal files).
+6. With a ``bookmark`` file, ``checkpoint`` writes down that cursor, with the source kind
+   (``journal``) and the directory. The next run starts with ``--after-cursor`` from it
+   (the entries written while the watcher was down are read, once). Starting from the
+   end, the cursor of the journal's last entry is asked for first (``--lines=1``), so
+   there is a position to write down before any entry arrives. A record of another
+   kind (a file position: the source was switched), of another directory, or damaged,
+   means: read from the end, said in one log line. A cursor older than ``catchup``
+   seconds is replaced by ``--since`` that long ago, so a watcher down for a month does
+   not replay the month. journalctl refusing a position (it exits with an error before
+   printing an entry) means: one warning, then the end of the journal; a start from the
+   end has no position to refuse, so this cannot loop.
+
+Both followers share ``Bookmark``: one JSON record with a ``source`` key, written only when
+it changed, atomically (temporary file, fsync, rename), mode 0600. A file record written
+before ``source`` existed counts as a file record.
 """
 
 from __future__ import annotations
@@ -42,9 +67,11 @@ import os
 import re
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import BinaryIO, Protocol
+
+from postwarden.errors import clip
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +79,11 @@ MAX_LINE = 16 * 1024
 CHUNK = 1 << 20
 HEAD = 256            # bytes of the file's start remembered to notice copytruncate
 RESTART_PAUSE = 2.0
-_CURSOR = re.compile(rb'"__CURSOR"\s*:\s*"([^"\\]{1,512})"')
+REFUSED_WITHIN = 10.0   # journalctl exiting this soon after a positioned start refused it
+MAX_BOOKMARK = 64 * 1024
+_CURSOR = re.compile(rb'"__CURSOR"\s*:\s*"([0-9A-Za-z=;]{1,512})"')
+_CURSOR_TEXT = re.compile(r"[0-9A-Za-z=;]{1,512}\Z")
+_CURSOR_TIME = re.compile(r"(?:^|;)t=([0-9a-f]{1,16})(?:;|$)")
 
 
 class Follower(Protocol):
@@ -97,6 +128,61 @@ def _digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def _integer(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{value!r} is not an integer")
+    return value
+
+
+def _iso(seconds: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
+
+
+class Bookmark:
+    """The position file: one JSON record (theory of operation, last paragraph)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.failed = False
+        self.written: dict[str, object] | None = None
+
+    def read(self) -> dict[str, object] | None:
+        """The record; None when there is none, or (said once) when it is damaged."""
+        try:
+            with open(self.path, "rb") as handle:
+                record = json.loads(handle.read(MAX_BOOKMARK))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            log.warning("watch: %s: not a position record, ignored: %s", self.path, exc)
+            return None
+        if not isinstance(record, dict):
+            log.warning("watch: %s: not a position record, ignored", self.path)
+            return None
+        record.setdefault("source", "file")   # written before there were two kinds
+        return record
+
+    def write(self, record: dict[str, object]) -> None:
+        """Atomically (temporary file, fsync, rename), mode 0600; only when it changed."""
+        if record == self.written:
+            return
+        temporary = self.path.with_name(f".{self.path.name}.tmp")
+        try:
+            descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+                handle.write(json.dumps(record))
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(temporary, self.path)
+        except OSError as exc:   # said once, not at every checkpoint
+            if not self.failed:
+                log.warning("watch: position file %s not written: %s", self.path,
+                            exc.strerror or exc)
+            self.failed = True
+        else:
+            self.failed, self.written = False, record
+
+
 class FileFollower:
     """Follow one file by name, through rotation and truncation (theory points 1-3)."""
 
@@ -112,22 +198,26 @@ class FileFollower:
         self.head = b""
         self.rotations = 0
         self.truncations = 0
-        self.bookmark = bookmark
-        self.bookmark_failed = False
-        if self._open(at_end=not from_start) and not from_start and bookmark is not None:
-            self._resume(bookmark)
+        self.bookmark = None if bookmark is None else Bookmark(bookmark)
+        if self._open(at_end=not from_start) and not from_start and self.bookmark:
+            self._resume(self.bookmark)
 
-    def _resume(self, bookmark: Path) -> None:
+    def _resume(self, bookmark: Bookmark) -> None:
         """Theory point 4: go back to where the last run stopped, if it is this file."""
         assert self.handle is not None and self.identity is not None
-        try:
-            saved = json.loads(bookmark.read_text(encoding="utf-8"))
-            identity = (int(saved["device"]), int(saved["inode"]))
-            offset, digest = int(saved["offset"]), str(saved["head"])
-        except FileNotFoundError:
+        saved = bookmark.read()
+        if saved is None:
             return
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            log.warning("watch: %s: not a bookmark, reading from the end: %s", bookmark, exc)
+        if saved["source"] != "file":
+            log.info("watch: %s holds a %s position, not a file's: %s is read from its end",
+                     bookmark.path, clip(str(saved["source"])), self.path)
+            return
+        try:
+            identity = (_integer(saved["device"]), _integer(saved["inode"]))
+            offset, digest = _integer(saved["offset"]), str(saved["head"])
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning("watch: %s: not a file position, reading from the end: %s",
+                        bookmark.path, exc)
             return
         if identity != self.identity or not 0 <= offset <= self.position:
             return
@@ -138,29 +228,14 @@ class FileFollower:
         self.position = self.handle.seek(offset)
 
     def checkpoint(self) -> None:
-        """Theory point 4; written atomically (temporary file, fsync, rename), mode 0600."""
+        """Theory point 4 (``Bookmark.write``)."""
         if self.bookmark is None or self.handle is None or self.identity is None:
             return
         offset = self.position - len(self.lines.buffer)
-        data = json.dumps({
-            "file": str(self.path), "device": self.identity[0], "inode": self.identity[1],
-            "offset": offset,
+        self.bookmark.write({
+            "source": "file", "file": str(self.path), "device": self.identity[0],
+            "inode": self.identity[1], "offset": offset,
             "head": _digest(os.pread(self.handle.fileno(), min(HEAD, offset), 0))})
-        temporary = self.bookmark.with_name(f".{self.bookmark.name}.tmp")
-        try:
-            descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(temporary, self.bookmark)
-        except OSError as exc:   # said once, not at every checkpoint
-            if not self.bookmark_failed:
-                log.warning("watch: bookmark %s not written: %s", self.bookmark,
-                            exc.strerror or exc)
-            self.bookmark_failed = True
-        else:
-            self.bookmark_failed = False
 
     def _open(self, *, at_end: bool) -> bool:
         try:
@@ -238,24 +313,91 @@ class FileFollower:
 
 
 class JournalFollower:
-    """``journalctl --follow --output=json`` as a child process, restarted from its cursor."""
+    """``journalctl --follow --output=json`` as a child process, restarted from its cursor
+    (theory points 5 and 6). Without ``follow`` journalctl prints what there is and exits,
+    and ``poll`` waits for it (``--once``): an empty list then means the end."""
 
     def __init__(self, journalctl: str, matches: Sequence[str] = (), *,
-                 from_start: bool = False, max_line: int = 4 * MAX_LINE,
-                 extra: Sequence[str] = ()) -> None:
+                 from_start: bool = False, directory: str = "",
+                 bookmark: Path | None = None, catchup: float = 0, follow: bool = True,
+                 max_line: int = 4 * MAX_LINE, extra: Sequence[str] = (),
+                 clock: Callable[[], float] = time.time) -> None:
         self.journalctl, self.matches, self.extra = journalctl, tuple(matches), tuple(extra)
+        self.directory, self.follow = directory, follow
         self.lines = _Lines(max_line)
         self.cursor: str | None = None
+        self.since: float | None = None     # --since, when a saved cursor was too old
         self.from_start = from_start
+        self.positioned = False   # started after a cursor or a time, nothing read since
         self.process: subprocess.Popen[bytes] | None = None
-        self.restart_at = 0.0
+        self.started = self.restart_at = 0.0
         self.restarts = 0
+        self.bookmark = None if bookmark is None else Bookmark(bookmark)
+        if self.bookmark is not None and not from_start:
+            self._resume(self.bookmark, catchup, clock())
+            if self.cursor is None and self.since is None:
+                self._mark_the_end()
         self._start()
 
+    def _mark_the_end(self) -> None:
+        """Theory point 6: start after the last entry there is now (its cursor), so a
+        position exists from the start, even if nothing is logged before the next stop."""
+        command = [self.journalctl, "--output=json", "--no-pager", "--lines=1"]
+        if self.directory:
+            command.append(f"--directory={self.directory}")
+        try:
+            result = subprocess.run([*command, *self.extra, *self.matches],
+                                    stdin=subprocess.DEVNULL, capture_output=True,
+                                    timeout=30, check=False)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            log.warning("watch: %s: %s", self.journalctl, exc)
+            return
+        found = _CURSOR.search(result.stdout[-4 * MAX_LINE:])
+        if result.returncode == 0 and found:
+            self.cursor, self.positioned = found[1].decode("ascii"), True
+
+    def _resume(self, bookmark: Bookmark, catchup: float, now: float) -> None:
+        """Theory point 6: after the saved cursor, or at most ``catchup`` seconds back."""
+        saved = bookmark.read()
+        if saved is None:
+            return
+        if saved["source"] != "journal":
+            log.info("watch: %s holds a %s position, not a journal cursor: the journal is "
+                     "read from its end", bookmark.path, clip(str(saved["source"])))
+            return
+        cursor, directory = saved.get("cursor"), saved.get("directory", "")
+        if not isinstance(cursor, str) or not _CURSOR_TEXT.match(cursor):
+            log.warning("watch: %s: not a journal cursor; the journal is read from its end",
+                        bookmark.path)
+            return
+        if directory != self.directory:
+            log.info("watch: %s holds a cursor of the journal in %s, not %s: the journal is "
+                     "read from its end", bookmark.path, clip(str(directory)) or "(system)",
+                     self.directory or "(system)")
+            return
+        written = cursor_time(cursor)
+        if catchup and written is not None and written < now - catchup:
+            self.since = now - catchup
+            log.warning("watch: the journal position is from %s, more than %gs ago: "
+                        "catching up from %s only", _iso(written), catchup, _iso(self.since))
+        else:
+            self.cursor = cursor
+            log.info("watch: journal: resuming after the cursor of %s",
+                     _iso(written) if written is not None else "the last run")
+        self.positioned = True
+
     def command(self) -> list[str]:
-        args = [self.journalctl, "--follow", "--output=json", "--no-pager", *self.extra]
+        args = [self.journalctl, *(["--follow"] if self.follow else []), "--output=json",
+                "--no-pager"]
+        if self.directory:
+            args.append(f"--directory={self.directory}")
+        args += self.extra
+        # --no-tail with a position: --follow alone means --lines=10, and journalctl 252
+        # then prints the first 10 entries after a cursor and skips the rest (found here)
         if self.cursor is not None:
-            args.append(f"--after-cursor={self.cursor}")
+            args += ["--no-tail", f"--after-cursor={self.cursor}"]
+        elif self.since is not None:
+            args += ["--no-tail", f"--since=@{int(self.since)}"]
         elif self.from_start:
             args.append("--no-tail")
         else:
@@ -263,6 +405,7 @@ class JournalFollower:
         return args + list(self.matches)
 
     def _start(self) -> None:
+        self.started = time.monotonic()
         try:
             self.process = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL,
                                             stdout=subprocess.PIPE)
@@ -271,33 +414,58 @@ class JournalFollower:
             self.process, self.restart_at = None, time.monotonic() + RESTART_PAUSE
             return
         assert self.process.stdout is not None
-        os.set_blocking(self.process.stdout.fileno(), False)
+        if self.follow:
+            os.set_blocking(self.process.stdout.fileno(), False)
+
+    def _read(self) -> bytes | None:
+        """What journalctl printed: b"" at its end, None when nothing is there yet."""
+        assert self.process is not None and self.process.stdout is not None
+        try:
+            return os.read(self.process.stdout.fileno(), CHUNK)
+        except BlockingIOError:
+            return None
 
     def poll(self) -> list[bytes]:
         if self.process is None:
-            if time.monotonic() >= self.restart_at:
+            if self.follow and time.monotonic() >= self.restart_at:
                 self.restarts += 1
                 self._start()
             return []
-        assert self.process.stdout is not None
-        try:
-            data = os.read(self.process.stdout.fileno(), CHUNK)
-        except BlockingIOError:
-            return []
-        if not data:
-            code = self.process.wait()
-            log.warning("watch: journalctl exited (%s); restarting in %g s", code,
-                        RESTART_PAUSE)
-            self._stop()
-            self.restart_at = time.monotonic() + RESTART_PAUSE
-            return []
-        lines = self.lines.feed(data)
+        lines: list[bytes] = []
+        while not lines:
+            data = self._read()
+            if data is None:
+                return []
+            if not data:
+                self._ended()
+                return []
+            lines = self.lines.feed(data)
+            self.positioned = self.positioned and not lines
+            if self.follow:
+                break
         for line in reversed(lines):
             found = _CURSOR.search(line)
             if found:
-                self.cursor = found[1].decode("ascii", "replace")
+                self.cursor = found[1].decode("ascii")
                 break
         return lines
+
+    def _ended(self) -> None:
+        """journalctl exited: restart it after a pause (theory points 5 and 6)."""
+        assert self.process is not None
+        code = self.process.wait()
+        self._stop()
+        if not self.follow:
+            return
+        refused = code != 0 and time.monotonic() - self.started < REFUSED_WITHIN
+        if self.positioned and refused:
+            log.warning("watch: journalctl refused to start after the saved position "
+                        "(exit %s): reading the journal from its end", code)
+            self.cursor, self.since, self.positioned = None, None, False
+            self._start()
+            return
+        log.warning("watch: journalctl exited (%s); restarting in %g s", code, RESTART_PAUSE)
+        self.restart_at = time.monotonic() + RESTART_PAUSE
 
     def _stop(self) -> None:
         process, self.process = self.process, None
@@ -316,8 +484,16 @@ class JournalFollower:
         self.lines.reset()
 
     def checkpoint(self) -> None:
-        """Nothing kept across runs: a new run starts at the journal's end, or with
-        ``from_start`` at its beginning (the cursor is kept within a run only)."""
+        """Theory point 6: the cursor of the last entry returned, when there is one."""
+        if self.bookmark is not None and self.cursor is not None:
+            self.bookmark.write({"source": "journal", "directory": self.directory,
+                                 "cursor": self.cursor})
 
     def close(self) -> None:
         self._stop()
+
+
+def cursor_time(cursor: str) -> float | None:
+    """The entry's time (seconds since the epoch) from a cursor's ``t=`` field."""
+    found = _CURSOR_TIME.search(cursor)
+    return int(found[1], 16) / 1e6 if found else None

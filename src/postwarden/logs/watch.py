@@ -16,10 +16,23 @@ pick up other hosts' bans, refresh gauges) at most twice a second, and sleeps a 
 a second when the log had nothing new. Detector windows use the events' own times; ban
 start and end use the wall clock, so replaying an old log (``--from-start``) bans for the
 configured duration from now.
+
+SIGHUP (``reload``) reads postwarden.toml again between two polls. A file that does not
+load changes nothing: one error line, and the running configuration goes on. Otherwise
+the new thresholds, detectors, ignore lists, ban durations and alert settings apply at
+once; detector counts are kept when no threshold, window or the set of enabled detectors
+changed (only actions or factors), else counting starts again; bans are kept, and those
+inside a network that is now protected are lifted. What only a restart can change
+(``RESTART_ONLY``: the source and its position file, the store, the ban backend and its
+commands, dry-run, the account and groups the parser runs as, ban aggregation) keeps
+its running value, said in one warning line. SIGTERM and SIGINT end ``run`` after a last
+checkpoint of the follower.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import ipaddress
 import logging
 import signal
 import socket
@@ -28,8 +41,9 @@ import time
 from collections.abc import Callable, Sequence
 from types import FrameType
 
+from postwarden.errors import PostwardenError
 from postwarden.logs.alerts import Alert, Alerter, Sink, make_sinks
-from postwarden.logs.bans import Backend, BanManager, make_backend
+from postwarden.logs.bans import Backend, BanManager, Protection, make_backend, shown
 from postwarden.logs.bans_store import BanStore, MemoryBanStore, open_ban_store
 from postwarden.logs.detect import Detectors, Finding
 from postwarden.logs.follow import Follower
@@ -40,17 +54,34 @@ from postwarden.logs.watch_settings import IPNetwork, WatchSettings, postfix_myn
 log = logging.getLogger(__name__)
 IDLE_SLEEP = 0.25
 TICK_EVERY = 0.5
+# [watch] keys a reload leaves as they are (theory of operation), and [watch.ban] keys.
+RESTART_ONLY = ("file", "position_file", "journal", "journalctl", "journal_matches",
+                "journal_directory", "journal_catchup", "store", "dry_run", "user", "groups",
+                "nftables", "access_map")
+RESTART_ONLY_BAN = ("backend", "aggregate", "aggregate_window")
 
 
 def protected_networks(settings: WatchSettings) -> tuple[IPNetwork, ...]:
     """Loopback, the ignore list, mynetworks, and the Postfix mynetworks when asked for."""
-    import ipaddress
-
     found = list(settings.protected())
     if settings.ban.postfix_config_directory:
         found += [ipaddress.ip_network(t)
                   for t in postfix_mynetworks(settings.ban.postfix_config_directory)]
     return tuple(found)
+
+
+def restart_only(running: WatchSettings, loaded: WatchSettings) -> WatchSettings:
+    """``loaded`` with the running values of what only a restart changes (said once)."""
+    changed = [key for key in RESTART_ONLY if getattr(running, key) != getattr(loaded, key)]
+    changed += [f"ban.{key}" for key in RESTART_ONLY_BAN
+                if getattr(running.ban, key) != getattr(loaded.ban, key)]
+    if changed:
+        log.warning("watch: reload: %s changed: applied at the next start, not now",
+                    ", ".join(changed))
+    ban = dataclasses.replace(loaded.ban,
+                              **{key: getattr(running.ban, key) for key in RESTART_ONLY_BAN})
+    return dataclasses.replace(loaded, ban=ban,
+                               **{key: getattr(running, key) for key in RESTART_ONLY})
 
 
 class Watcher:
@@ -68,6 +99,8 @@ class Watcher:
         self.parser = Parser(year=year)
         self.metrics = metrics or Metrics()
         self.detectors = Detectors(settings)
+        self.fixed_protection = protected is not None   # given: not from the settings
+        self.fixed_sinks = sinks is not None
         if store is None:
             store = MemoryBanStore() if self.dry_run else open_ban_store(settings.store)
         if backend is None:
@@ -131,12 +164,82 @@ class Watcher:
         for name, size in self.detectors.sizes().items():
             self.metrics.set("postwarden_watch_detector_keys", size, (name,))
 
-    def run(self, follower: Follower, stop: threading.Event) -> int:
-        """Follow until ``stop`` is set; 0 on a clean stop."""
+    # -- reload (theory of operation) ----------------------------------------------------
+
+    def reload(self, load: Callable[[], WatchSettings]) -> bool:
+        """Settings from ``load`` applied; False (one error line) when they do not load."""
+        try:
+            settings = restart_only(self.settings, load())
+            protected = None if self.fixed_protection else protected_networks(settings)
+        except PostwardenError as exc:
+            log.error("watch: reload refused, the running configuration is kept: %s", exc)
+            return False
+        self._retune(settings)
+        self.bans.ban, self.bans.sync_interval = settings.ban, settings.sync_interval
+        if protected is not None:
+            self.bans.protection = Protection(protected)
+            self._lift_protected()
+        self._realert(settings)
+        self.settings = settings
+        log.info("watch: reloaded %s", settings.summary())
+        return True
+
+    def _retune(self, settings: WatchSettings) -> None:
+        """Keep the detectors (and their counts) when only actions or factors changed."""
+        running = {d.name: d for d in self.detectors.detectors}
+        wanted = {name: rule for name, rule in settings.detectors.items() if rule.enabled}
+        same = (running.keys() == wanted.keys() and settings.max_keys == self.settings.max_keys
+                and all((rule.threshold, rule.window)
+                        == (running[name].rule.threshold, running[name].rule.window)
+                        for name, rule in wanted.items()))
+        if same:
+            for name, detector in running.items():
+                detector.rule = wanted[name]
+            return
+        # XXX: every detector starts counting again, not only the one whose threshold or
+        # window changed; keeping the others needs a way into Detectors (detect.py).
+        self.detectors = Detectors(settings)
+        log.info("watch: reload: thresholds, windows or detectors changed: counting starts "
+                 "again")
+
+    def _lift_protected(self) -> None:
+        """Bans inside networks now protected (ignore, mynetworks) are lifted at once."""
+        now = self.clock()
+        for network, ban in list(self.bans.applied.items()):
+            if not self.bans.protection.overlaps(ipaddress.ip_network(network)):
+                continue
+            del self.bans.applied[network]
+            log.warning("watch: client=%s action=unban check=%s reason=protected (reload)",
+                        shown(network), ban.detector)
+            try:
+                self.bans.store.lift(network, now)
+                self.bans.backend.lift(ban, now)
+            except PostwardenError as exc:   # the store's or the backend's
+                log.error("watch: lifting %s: %s", network, exc)
+
+    def _realert(self, settings: WatchSettings) -> None:
+        alerts = settings.alerts
+        self.alerter.interval, self.alerter.per_hour = alerts.interval, alerts.max_per_hour
+        if not self.fixed_sinks and alerts != self.settings.alerts:
+            # XXX: the old sinks are left to the garbage collector: closing them here
+            # could race the alert thread sending through them.
+            self.alerter.sinks = tuple(make_sinks(alerts))
+
+    def run(self, follower: Follower, stop: threading.Event, *,
+            hangup: threading.Event | None = None,
+            load: Callable[[], WatchSettings] | None = None) -> int:
+        """Follow until ``stop`` is set; 0 on a clean stop. When ``hangup`` is set, the
+        settings from ``load`` are applied (``reload``)."""
         self.start()
         next_tick = 0.0
         try:
             while not stop.is_set():
+                if hangup is not None and hangup.is_set() and load is not None:
+                    hangup.clear()
+                    try:
+                        self.reload(load)
+                    except Exception:  # a bug in a reload must not stop the watcher
+                        log.exception("watch: reload failed")
                 lines = follower.poll()
                 for line in lines:
                     self.feed(line)
@@ -158,10 +261,15 @@ class Watcher:
         self.bans.store.close()
 
 
-def stop_on_signals(stop: threading.Event) -> None:
-    """SIGTERM and SIGINT end ``run`` cleanly."""
+def stop_on_signals(stop: threading.Event, hangup: threading.Event | None = None) -> None:
+    """SIGTERM and SIGINT end ``run`` cleanly; SIGHUP sets ``hangup`` (a reload)."""
     def handler(signum: int, frame: FrameType | None) -> None:
-        del signum, frame
-        stop.set()
+        del frame
+        if signum == signal.SIGHUP and hangup is not None:
+            hangup.set()
+        else:
+            stop.set()
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)
+    if hangup is not None:
+        signal.signal(signal.SIGHUP, handler)

@@ -40,6 +40,7 @@ DEFAULT_STORE = "sqlite:///var/lib/postwarden/watch.db"
 _WORD = re.compile(r"[A-Za-z0-9_@%+=:,./-]{1,200}\Z")
 _IDENT = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,31}\Z")
 _MATCH = re.compile(r"[A-Z0-9_]{1,64}=[^\s\0]{0,200}\Z")
+_ACCOUNT = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,31}\Z")  # as settings.account checks
 
 
 @dataclass(frozen=True)
@@ -121,6 +122,17 @@ class WatchSettings:
     journal: bool = False
     journalctl: str = "/usr/bin/journalctl"
     journal_matches: tuple[str, ...] = ("SYSLOG_FACILITY=2",)
+    # read the journal files of this directory (journalctl --directory): a journal
+    # collected from another host or a container ("" : the system journal)
+    journal_directory: str = ""
+    # after a restart, catch up on at most this much of the journal (seconds; 0: all)
+    journal_catchup: int = 86400
+    # the unprivileged account that parses the log (privilege separation): as [policyd]
+    # user, None means "not set" and "root" means stay root on purpose; ``groups`` are the
+    # supplementary groups it needs to read the log (adm: /var/log/mail.log on Debian;
+    # systemd-journal: the journal)
+    user: str | None = None
+    groups: tuple[str, ...] = ("adm",)
     store: str = DEFAULT_STORE
     dry_run: bool = False
     max_keys: int = 100_000              # per detector: the memory bound
@@ -156,11 +168,20 @@ class WatchSettings:
             return self.store
         return self.store.replace(f":{parts.password}@", ":***@", 1)
 
+    @property
+    def source(self) -> str:
+        """What is followed: the file, ``journal`` or ``journal DIR``."""
+        if not self.journal:
+            return self.file
+        return f"journal {self.journal_directory}" if self.journal_directory else "journal"
+
     def summary(self) -> str:
         on = [n for n, r in self.detectors.items() if r.enabled]
-        parts = [f"source {'journal' if self.journal else self.file}",
+        parts = [f"source {self.source}",
                  f"backend {self.ban.backend}", f"store {self.store_shown}",
                  f"detectors {','.join(on) or 'none'}"]
+        if self.user is not None:
+            parts.append(f"user {self.user} (groups {','.join(self.groups) or 'none'})")
         if self.dry_run:
             parts.append("dry-run")
         return f"{self.path or 'built-in defaults'}: ok: " + "; ".join(parts)
@@ -326,6 +347,24 @@ def _store(table: _Table) -> str:
     return url
 
 
+def _user(table: _Table) -> str | None:
+    """``user``: checked as ``[policyd] user`` is (settings.account)."""
+    from postwarden.settings import account  # not at import: settings imports us
+
+    return account(table, "user")
+
+
+def _groups(table: _Table) -> tuple[str, ...]:
+    """``groups``: names as ``settings.account`` accepts them, none twice."""
+    names = table.strings("groups", WatchSettings.groups)
+    for name in names:
+        if not _ACCOUNT.match(name):
+            table.fail("groups", f"{clip(name)!r} is not a group name")
+    if len(set(names)) != len(names):
+        table.fail("groups", "a group is named twice")
+    return names
+
+
 def _parse(table: _Table) -> WatchSettings:
     d = WatchSettings()
     matches = table.strings("journal_matches", d.journal_matches)
@@ -336,15 +375,19 @@ def _parse(table: _Table) -> WatchSettings:
         file=table.string("file", d.file), journal=table.boolean("journal", d.journal),
         position_file=table.string("position_file", d.position_file),
         journalctl=table.string("journalctl", d.journalctl), journal_matches=matches,
+        journal_directory=table.string("journal_directory", d.journal_directory),
+        journal_catchup=table.duration("journal_catchup", d.journal_catchup),
+        user=_user(table), groups=_groups(table),
         store=_store(table), dry_run=table.boolean("dry_run", d.dry_run),
         max_keys=table.integer("max_keys", d.max_keys, 100, 10_000_000),
         sync_interval=table.duration("sync_interval", d.sync_interval, low=1),
         detectors=_detectors(table.sub("detect")), ban=_ban(table.sub("ban")),
         nftables=_nft(table.sub("nftables")), access_map=_access_map(table.sub("access_map")),
         alerts=_alerts(table.sub("alerts")), path=str(table.path))
-    for key in ("file", "journalctl", "position_file"):
+    for key in ("file", "journalctl", "position_file", "journal_directory"):
         value = getattr(result, key)
-        if not value.startswith("/") and (value or key != "position_file"):
+        optional = key in ("position_file", "journal_directory")
+        if not value.startswith("/") and (value or not optional):
             table.fail(key, "give an absolute path")
     table.done()
     return result

@@ -223,3 +223,19 @@ def test_a_refused_incremental_change_falls_back_to_a_full_sync() -> None:
     m.offend(finding("198.51.100.7"), 1000.0)
     assert backend.calls == ["sync", "add 198.51.100.7/32", "sync"]
     assert list(backend.enforced) == ["198.51.100.7/32"]
+
+
+def test_a_ban_from_another_host_inside_a_network_protected_here_is_not_applied(
+        caplog: pytest.LogCaptureFixture) -> None:
+    store = MemoryBanStore()
+    store.put(Ban("10.1.2.3/32", 990.0, 5000.0, 1, "sasl_client", "", "mx2"), 9000.0)
+    store.put(Ban("198.51.100.7/32", 990.0, 5000.0, 1, "sasl_client", "", "mx2"), 9000.0)
+    store.put(Ban("not-a-network", 990.0, 5000.0, 1, "sasl_client", "", "mx3"), 9000.0)
+    backend = Recorder()
+    m = manager(store, backend, protected=("127.0.0.0/8", "10.0.0.0/8"))
+    assert list(backend.enforced) == ["198.51.100.7/32"]
+    m.sync(1001.0)
+    m.sync(1002.0)
+    assert list(m.applied) == ["198.51.100.7/32"]
+    assert caplog.text.count("client=10.1.2.3 action=none origin=mx2 reason=protected") == 1
+    assert caplog.text.count("client=not-a-network action=none origin=mx3 reason=not") == 1

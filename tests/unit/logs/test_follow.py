@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -181,3 +182,229 @@ def test_bookmark_of_another_file_is_ignored(tmp_path: Path) -> None:
     assert drain(FileFollower(log, bookmark=mark)) == []
     mark.write_text("{not json")
     assert drain(FileFollower(log, bookmark=mark)) == []
+
+
+# -- the journal's position across restarts (follow.py theory point 6) -------------------
+
+JOURNAL = """\
+import json, sys, time
+args = sys.argv[1:]
+def called():
+    with open(sys.argv[0] + ".calls", "a") as calls:
+        calls.write(" ".join(args) + "\\n")
+def load():
+    with open(sys.argv[0] + ".entries") as handle:
+        return [json.loads(line) for line in handle]
+def value(name):
+    found = [a.split("=", 1)[1] for a in args if a.startswith(name + "=")]
+    return found[0] if found else None
+entries, after, since = load(), value("--after-cursor"), value("--since")
+if after is not None:
+    at = [i for i, e in enumerate(entries) if e["__CURSOR"] == after]
+    if not at:
+        called()
+        print("Failed to seek to cursor: Invalid argument", file=sys.stderr)
+        sys.exit(1)
+    printed = at[0] + 1
+elif since is not None:
+    printed = len([e for e in entries if int(e["t"]) < int(since[1:])])
+elif value("--lines") is not None:
+    printed = len(entries) - int(value("--lines"))
+else:
+    printed = 0
+called()   # positioned: what is added from now on is printed
+while True:
+    for entry in entries[printed:]:
+        print(json.dumps(entry), flush=True)
+    printed = len(entries)
+    if "--follow" not in args:
+        break
+    time.sleep(0.05)
+    entries = load()
+"""
+
+
+class FakeJournal:
+    """A stand-in journalctl over a list of entries that grows (``add``); cursors look
+    like journald's (``s=...;i=N;t=HEX``); a cursor it does not know is refused."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.path = tmp_path / "journalctl"
+        self.path.write_text(f"#!{sys.executable}\n" + JOURNAL)
+        self.path.chmod(0o755)
+        self.entries = Path(f"{self.path}.entries")
+        self.entries.write_text("")
+        self.count = 0
+
+    def add(self, *messages: str, when: float | None = None) -> None:
+        import json
+
+        with open(self.entries, "a") as handle:
+            for message in messages:
+                self.count += 1
+                t = int((time.time() if when is None else when) * 1e6)
+                handle.write(json.dumps({"__CURSOR": self.cursor(self.count, t), "t": t // 10**6,
+                                         "MESSAGE": message}) + "\n")
+
+    @staticmethod
+    def cursor(n: int, t: int) -> str:
+        return f"s=0123abcd;i={n:x};b=42;m=1;t={t:x};x=9"
+
+    def calls(self) -> list[str]:
+        path = Path(f"{self.path}.calls")
+        return path.read_text().splitlines() if path.exists() else []
+
+    def follower(self, mark: Path, *, from_start: bool = False, directory: str = "",
+                 catchup: float = 0, clock: Callable[[], float] = time.time) -> JournalFollower:
+        """A follower, once its journalctl --follow has found its place."""
+        calls = len(self.follows())
+        follower = JournalFollower(str(self.path), bookmark=mark, from_start=from_start,
+                                   directory=directory, catchup=catchup, clock=clock)
+        deadline = time.monotonic() + 10
+        while len(self.follows()) == calls and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return follower
+
+    def follows(self) -> list[str]:
+        return [call for call in self.calls() if "--follow" in call]
+
+
+def messages(follower: JournalFollower, count: int, timeout: float = 10) -> list[str]:
+    """The MESSAGEs of the next ``count`` entries (fewer when they do not come)."""
+    import json
+
+    out: list[str] = []
+    deadline = time.monotonic() + timeout
+    while len(out) < count and time.monotonic() < deadline:
+        out += [json.loads(line)["MESSAGE"] for line in follower.poll()]
+        time.sleep(0.02)
+    return out
+
+
+def test_journal_position_survives_a_restart(tmp_path: Path) -> None:
+    """What was logged while the watcher was down is read at its next start, once."""
+    import json
+
+    journal, mark = FakeJournal(tmp_path), tmp_path / "watch.position"
+    journal.add("before the first start")
+    first = journal.follower(mark)
+    journal.add("one", "two")
+    assert messages(first, 2) == ["one", "two"]
+    first.checkpoint()
+    first.close()
+    record = json.loads(mark.read_text())
+    assert record == {"source": "journal", "directory": "", "cursor": first.cursor}
+    assert oct(mark.stat().st_mode & 0o777) == "0o600"
+    journal.add("three (while down)", "four (while down)")
+    second = journal.follower(mark)
+    assert messages(second, 3, timeout=2) == ["three (while down)", "four (while down)"]
+    second.close()
+    calls = journal.calls()     # the first start: the last entry's cursor, then after it
+    assert "--lines=1" in calls[0] and "--follow" not in calls[0]
+    assert f"--after-cursor={FakeJournal.cursor(1, 0)[:16]}" in calls[1]
+    assert f"--after-cursor={record['cursor']}" in calls[2]
+
+
+def test_a_position_is_kept_even_when_nothing_was_read(tmp_path: Path) -> None:
+    """Started from the end and stopped before any entry came: what is logged until the
+    next start is still read then."""
+    journal, mark = FakeJournal(tmp_path), tmp_path / "watch.position"
+    journal.add("before the first start")
+    first = journal.follower(mark)
+    assert messages(first, 1, timeout=0.5) == []
+    first.checkpoint()
+    first.close()
+    journal.add("while down")
+    second = journal.follower(mark)
+    assert messages(second, 1) == ["while down"]
+    second.close()
+
+
+def test_a_switch_of_source_reads_from_the_end(tmp_path: Path,
+                                               caplog: pytest.LogCaptureFixture) -> None:
+    """A file position is no journal cursor, and the other way round: each source then
+    starts at its end, and says so in one line."""
+    journal, mark = FakeJournal(tmp_path), tmp_path / "watch.position"
+    log = tmp_path / "mail.log"
+    append(log, "old line")
+    f = FileFollower(log, bookmark=mark)
+    f.checkpoint()
+    f.close()
+    journal.add("old entry")
+    caplog.set_level("INFO")
+    j = journal.follower(mark)
+    journal.add("new entry")
+    assert messages(j, 1) == ["new entry"]
+    assert "holds a file position, not a journal cursor" in caplog.text
+    j.checkpoint()
+    j.close()
+    append(log, "written while the journal was followed")
+    assert drain(FileFollower(log, bookmark=mark)) == []
+    assert "holds a journal position, not a file's" in caplog.text
+
+
+def test_another_journal_directory_reads_from_the_end(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    journal, mark = FakeJournal(tmp_path), tmp_path / "watch.position"
+    journal.add("a")
+    j = journal.follower(mark, from_start=True, directory="/srv/journal/mx1")
+    assert messages(j, 1) == ["a"]
+    j.checkpoint()
+    j.close()
+    caplog.set_level("INFO")
+    journal.follower(mark, directory="/srv/journal/mx2").close()
+    assert "cursor of the journal in /srv/journal/mx1, not /srv/journal/mx2" in caplog.text
+    journal.follower(mark, directory="/srv/journal/mx1").close()
+    calls = journal.calls()
+    assert "--lines=1 --directory=/srv/journal/mx2" in calls[1]     # its own end
+    assert "--directory=/srv/journal/mx1" in calls[3] and "--after-cursor=" in calls[3]
+    assert len(calls) == 4
+
+
+def test_catch_up_is_capped(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A cursor older than ``catchup`` seconds: from that long ago only (--since)."""
+    journal, mark = FakeJournal(tmp_path), tmp_path / "watch.position"
+    now = 1_800_000_000.0
+    journal.add("two days ago", when=now - 2 * 86400)
+    j = journal.follower(mark, from_start=True)
+    assert messages(j, 1) == ["two days ago"]
+    j.checkpoint()
+    j.close()
+    journal.follower(mark, catchup=3600, clock=lambda: now).close()
+    assert f"--since=@{int(now - 3600)}" in journal.calls()[1]
+    assert "more than 3600s ago: catching up from" in caplog.text
+    journal.follower(mark, catchup=0, clock=lambda: now).close()     # 0: no cap
+    assert "--after-cursor=" in journal.calls()[2]
+
+
+def test_a_refused_cursor_means_the_end_once(tmp_path: Path,
+                                             caplog: pytest.LogCaptureFixture) -> None:
+    """journalctl refusing the saved cursor (the fake refuses unknown ones, as journalctl
+    does a malformed one): one warning, then the end of the journal; never a loop."""
+    import json
+
+    journal, mark = FakeJournal(tmp_path), tmp_path / "watch.position"
+    mark.write_text(json.dumps({"source": "journal", "directory": "",
+                                "cursor": FakeJournal.cursor(99, int(time.time() * 1e6))}))
+    journal.add("old")
+    j = journal.follower(mark)
+    assert messages(j, 1, timeout=1.5) == []
+    journal.add("new")
+    assert messages(j, 1) == ["new"]
+    j.close()
+    assert caplog.text.count("journalctl refused to start after the saved position") == 1
+    calls = journal.calls()
+    assert len(calls) == 2 and "--after-cursor=" in calls[0] and "--lines=0" in calls[1]
+
+
+def test_journal_once_reads_to_the_end(tmp_path: Path) -> None:
+    """Without ``follow`` (--once) journalctl runs without --follow, poll waits for it,
+    and an empty poll means the end."""
+    journal = FakeJournal(tmp_path)
+    journal.add("a", "b", "c")
+    j = JournalFollower(str(journal.path), from_start=True, follow=False)
+    lines: list[bytes] = []
+    while batch := j.poll():
+        lines += batch
+    assert len(lines) == 3 and j.process is None
+    assert "--follow" not in journal.calls()[0]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import subprocess
 import sys
@@ -9,10 +10,13 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
+from postwarden.errors import ConfigError
 from postwarden.logs.bans_store import Ban, MemoryBanStore, SqliteBanStore
 from postwarden.logs.follow import FileFollower
 from postwarden.logs.watch import Watcher
-from postwarden.logs.watch_settings import BanSettings, WatchSettings
+from postwarden.logs.watch_settings import DETECTORS, BanSettings, Rule, WatchSettings
 
 LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
 
@@ -111,4 +115,61 @@ def test_restart_reapplies_bans(tmp_path: Path) -> None:
                 sinks=[], protected=LOOPBACK)
     w.start()
     assert [b.network for b in w.bans.active()] == ["192.0.2.77/32"]
+    w.close()
+
+
+def rules(**thresholds: int) -> dict[str, Rule]:
+    return {name: dataclasses.replace(rule, threshold=thresholds.get(name, rule.threshold))
+            for name, rule in DETECTORS.items()}
+
+
+def test_reload_keeps_counts_and_bans_and_applies_new_rules() -> None:
+    """An action changed: the counts go on. A threshold changed: it applies at once.
+    Bans stay; a ban inside a network now on the ignore list is lifted."""
+    settings = WatchSettings(ban=BanSettings(backend="none"))
+    w = Watcher(settings, store=MemoryBanStore(), sinks=[], year=2026)
+    w.start()
+    for line in brute_force("198.51.100.7", 5) + brute_force("203.0.113.9", 3):
+        w.feed(line)
+    assert [b.network for b in w.bans.active()] == ["198.51.100.7/32"]
+    alert = dataclasses.replace(DETECTORS["sasl_client"], action="alert")
+    assert w.reload(lambda: dataclasses.replace(
+        settings, detectors={**DETECTORS, "sasl_client": alert}))
+    for line in brute_force("203.0.113.9", 2, second=10):     # 3 before + 2 = 5
+        w.feed(line)
+    assert w.findings[-1].subject == "203.0.113.9" and w.findings[-1].action == "alert"
+    assert w.reload(lambda: dataclasses.replace(settings, detectors=rules(sasl_client=2)))
+    for line in brute_force("192.0.2.55", 2, second=20):
+        w.feed(line)
+    assert [b.network for b in w.bans.active()] == ["192.0.2.55/32", "198.51.100.7/32"]
+    ignore = dataclasses.replace(settings.ban, ignore=("198.51.100.0/24",))
+    assert w.reload(lambda: dataclasses.replace(settings, detectors=rules(sasl_client=2),
+                                                ban=ignore))
+    assert [b.network for b in w.bans.active()] == ["192.0.2.55/32"]
+    assert [b.network for b in w.bans.store.active(time.time() + 1)] == ["192.0.2.55/32"]
+    for line in brute_force("198.51.100.7", 4, second=30):
+        w.feed(line)
+    assert [b.network for b in w.bans.active()] == ["192.0.2.55/32"]
+    w.close()
+
+
+def test_reload_refuses_a_bad_file_and_what_needs_a_restart(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    settings = WatchSettings(ban=BanSettings(backend="none"), file="/var/log/mail.log")
+
+    def bad() -> WatchSettings:
+        raise ConfigError(tmp_path / "postwarden.toml", None, "watch.ban.backend: 'x'")
+
+    w = Watcher(settings, store=MemoryBanStore(), sinks=[], protected=LOOPBACK, year=2026)
+    assert not w.reload(bad)
+    assert w.settings is settings
+    assert "reload refused, the running configuration is kept: " in caplog.text
+    assert w.reload(lambda: dataclasses.replace(
+        settings, file="/var/log/other.log", journal=True, store="sqlite:///x.db",
+        ban=dataclasses.replace(settings.ban, backend="nftables", duration=60)))
+    assert (w.settings.file, w.settings.journal, w.settings.store) == (
+        settings.file, False, settings.store)
+    assert w.settings.ban.backend == "none" and w.bans.ban.duration == 60
+    assert ("reload: file, journal, store, ban.backend changed: applied at the next start"
+            in caplog.text)
     w.close()

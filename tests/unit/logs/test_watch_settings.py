@@ -90,6 +90,13 @@ def test_full() -> None:
     ("[watch.alerts]\nwebhook = \"file:///etc/passwd\"", "watch.alerts.webhook"),
     ("[watch]\nstore = \"mysql://x\"", "watch.store: unknown scheme"),
     ("[watch]\ndry_run = \"yes\"", "watch.dry_run: expected true or false, got str"),
+    ("[watch]\njournal_directory = \"remote\"", "watch.journal_directory: give an absolute"),
+    ("[watch]\njournal_catchup = \"1 day\"", "watch.journal_catchup"),
+    ("[watch]\nuser = \"post warden\"", "watch.user: 'post warden' is not a user"),
+    ("[watch]\nuser = 1000", "watch.user: expected a string"),
+    ("[watch]\ngroups = \"adm\"", "watch.groups: expected a list of strings"),
+    ("[watch]\ngroups = [\"adm\", \"a;b\"]", "watch.groups: 'a;b' is not a group name"),
+    ("[watch]\ngroups = [\"adm\", \"adm\"]", "watch.groups: a group is named twice"),
 ])
 def test_errors_name_the_key_and_the_file(text: str, key: str) -> None:
     with pytest.raises(ConfigError) as caught:
@@ -108,3 +115,19 @@ def test_load_takes_the_store_url_from_store(tmp_path: Path) -> None:
     path.write_text("[watch]\nbogus = 1\n")
     with pytest.raises(ConfigError, match=r"watch\.bogus"):
         settings.load(path)
+
+
+def test_journal_and_privilege_settings() -> None:
+    """Defaults: the system journal, a day of catch-up, no user (as [policyd] user: a
+    root start must name one), group adm; and the values given."""
+    d = WatchSettings.from_toml({}, "x.toml")
+    assert (d.journal_directory, d.journal_catchup, d.user, d.groups) == ("", 86400, None,
+                                                                          ("adm",))
+    s = parse('[watch]\njournal = true\njournal_directory = "/var/log/journal/remote"\n'
+              'journal_catchup = "6h"\nuser = "postwarden"\n'
+              'groups = ["adm", "systemd-journal"]\n')
+    assert s.journal_directory == "/var/log/journal/remote" and s.journal_catchup == 6 * 3600
+    assert s.user == "postwarden" and s.groups == ("adm", "systemd-journal")
+    assert "source journal /var/log/journal/remote" in s.summary()
+    assert "user postwarden (groups adm,systemd-journal)" in s.summary()
+    assert parse("[watch]\ngroups = []\n").groups == ()
