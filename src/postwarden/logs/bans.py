@@ -34,9 +34,10 @@ Theory of operation
    lifted in the store (``logs bans unban``, here or on another host) leaves ``applied``
    and the backend, so no later full sync puts it back. A ban from the store that
    overlaps a network protected here (another host may protect less) is never applied.
-4. A store outage is logged and the ban still applied locally; the store is written again
-   at the next ban. In dry-run mode the manager uses a store in memory and no backend: it
-   logs what it would do.
+4. A store outage is logged and the ban still applied locally; it is kept aside
+   (``_unstored``) and written to the store at each sync until that works, and a sync
+   does not lift it meanwhile for being missing from the store. In dry-run mode the
+   manager uses a store in memory and no backend: it logs what it would do.
 """
 
 from __future__ import annotations
@@ -370,6 +371,7 @@ class BanManager:
         self.applied: dict[str, Ban] = {}
         self._expiry: list[tuple[float, str]] = []
         self._next_sync = 0.0
+        self._unstored: dict[str, Ban] = {}  # applied here, not yet in the store (outage)
         self._neighbours = Distinct(max(1, self.ban.aggregate), self.ban.aggregate_window,
                                     settings.max_keys)
         self.counts = {"bans": 0, "refused": 0, "expired": 0, "errors": 0, "synced": 0}
@@ -505,7 +507,9 @@ class BanManager:
             self.store.put(ban, ban.expires + self.ban.memory)
         except StoreError as exc:
             self.counts["errors"] += 1
-            log.warning("watch: ban store: %s (the ban is applied here only)", exc)
+            self._unstored[ban.network] = ban
+            log.warning("watch: ban store: %s (the ban is applied here, and written to the "
+                        "store once it is back)", exc)
         for old in replaces:
             self.applied.pop(old.network, None)
             with contextlib.suppress(StoreError):  # the next sync drops covered bans anyway
@@ -539,8 +543,10 @@ class BanManager:
             self.sync(now)
 
     def sync(self, now: float) -> None:
-        """Apply the store's active bans: new ones added, lifted ones removed."""
+        """Apply the store's active bans: new ones added, lifted ones removed. Bans made
+        here while the store was out are written to it first (theory point 4)."""
         try:
+            self._store_unstored(now)
             wanted = self._outermost(self.store.active(now), now)
         except StoreError as exc:
             log.warning("watch: ban store: %s", exc)
@@ -561,6 +567,12 @@ class BanManager:
                 log.info("watch: client=%s action=ban check=%s origin=%s (from the store)",
                          shown(network), ban.detector, ban.origin)
             self._apply(ban, now, [mine] if mine is not None else [])
+
+    def _store_unstored(self, now: float) -> None:
+        for network, ban in list(self._unstored.items()):
+            if ban.expires > now and self.applied.get(network) is ban:
+                self.store.put(ban, ban.expires + self.ban.memory)
+            del self._unstored[network]
 
     def _lift(self, ban: Ban, now: float) -> None:
         try:

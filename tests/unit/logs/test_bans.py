@@ -25,6 +25,7 @@ from postwarden.logs.watch_settings import (
     NftSettings,
     WatchSettings,
 )
+from postwarden.policy.store import StoreError
 
 
 class Recorder:
@@ -239,3 +240,39 @@ def test_a_ban_from_another_host_inside_a_network_protected_here_is_not_applied(
     assert list(m.applied) == ["198.51.100.7/32"]
     assert caplog.text.count("client=10.1.2.3 action=none origin=mx2 reason=protected") == 1
     assert caplog.text.count("client=not-a-network action=none origin=mx3 reason=not") == 1
+
+
+class FlakyStore(MemoryBanStore):
+    """A store that is out (every call raises) while ``down`` is set."""
+
+    down = False
+
+    def put(self, ban: Ban, forget: float) -> None:
+        if self.down:
+            raise StoreError("ban store: connection refused")
+        super().put(ban, forget)
+
+    def active(self, now: float) -> list[Ban]:
+        if self.down:
+            raise StoreError("ban store: connection refused")
+        return super().active(now)
+
+
+def test_a_ban_made_during_a_store_outage_is_kept_and_stored_later() -> None:
+    """Nothing is lost: the ban made while the store is out stays enforced, the next
+    syncs do not lift it for being missing from the store, and it is written to the store
+    once the store is back."""
+    backend = Recorder()
+    store = FlakyStore()
+    m = manager(store, backend)
+    store.down = True
+    ban = m.offend(finding("198.51.100.7"), 1000.0)
+    assert ban is not None and "198.51.100.7/32" in backend.enforced
+    m.sync(1001.0)                      # still out: nothing changes
+    assert "198.51.100.7/32" in backend.enforced
+    store.down = False
+    m.sync(1002.0)                      # back: written, and still enforced
+    assert [b.network for b in store.active(1003.0)] == ["198.51.100.7/32"]
+    assert "198.51.100.7/32" in backend.enforced and "198.51.100.7/32" in m.applied
+    m.sync(1004.0)
+    assert "198.51.100.7/32" in backend.enforced
