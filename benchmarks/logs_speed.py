@@ -7,8 +7,13 @@ Standards: pflogsumm 1.1.5's Grand Totals (what "equal totals" means); getrusage
 time and peak resident set size of each child, taken from wait4).
 
 Usage: ``.venv/bin/python benchmarks/logs_speed.py [--lines 1000000] [--memory-lines 5000000]
-[--format bsd|rfc3339] [--population N] [--repeat N] [--watch | --no-watch]
-[--watch-aggregate N]``.
+[--format bsd|rfc3339] [--population N] [--repeat N] [--jobs N] [--pure | --also-pure]
+[--watch | --no-watch] [--watch-aggregate N]``.
+
+postwarden runs compiled (the mypyc build of scripts/build_compiled.py) when that build is
+fresh, else as pure Python; the output says which. ``--pure`` forces pure Python
+(``POSTWARDEN_PURE=1``); ``--also-pure`` adds a pure-Python row on the small log, run
+interleaved with the others. ``--jobs N`` is passed to ``logs summary`` (1: one process).
 
 1. A log of ``--lines`` lines with only the syslog names pflogsumm knows (so that both tools
    must print the same totals) and its ground truth are generated.
@@ -94,12 +99,13 @@ class TreeSampler(threading.Thread):
             self.peak_kb = max(self.peak_kb, tree_rss_kb(self.pid))
 
 
-def measure(tool: str, argv: list[str], lines: int) -> Run:
+def measure(tool: str, argv: list[str], lines: int, pure: bool = False) -> Run:
     """Run one child to completion: wall time, its rusage (wait4: CPU of it and the
     children it waited for), and the peak RSS of its whole process tree."""
+    env = {**os.environ, "POSTWARDEN_PURE": "1" if pure else "0"}
     with tempfile.TemporaryFile() as out:
         start = time.perf_counter()
-        process = subprocess.Popen(argv, stdout=out, stderr=subprocess.DEVNULL)
+        process = subprocess.Popen(argv, stdout=out, stderr=subprocess.DEVNULL, env=env)
         sampler = TreeSampler(process.pid)
         sampler.start()
         _, status, usage = os.wait4(process.pid, 0)
@@ -154,16 +160,42 @@ def median_run(runs: list[Run]) -> Run:
                chosen.stdout)
 
 
-def summarise(path: Path, truth: Truth, repeat: int) -> tuple[Run, Run]:
+@dataclass(frozen=True)
+class Variant:
+    """How postwarden runs: its modules (compiled or pure) and ``--jobs``."""
+    pure: bool
+    jobs: int | None
+
+    @property
+    def name(self) -> str:
+        jobs = "" if self.jobs is None else f", --jobs {self.jobs}"
+        return f"postwarden ({'pure' if self.pure else compiled_state()}{jobs})"
+
+    def argv(self, path: Path) -> list[str]:
+        jobs = [] if self.jobs is None else ["--jobs", str(self.jobs)]
+        return [*POSTWARDEN, "logs", "summary", "--format", "json", *jobs, str(path)]
+
+
+def compiled_state() -> str:
+    """Whether a child postwarden loads the compiled modules (their build is fresh)."""
+    probe = subprocess.run([sys.executable, "-c",
+                            "import postwarden.logs as l; print(int(l.COMPILED))"],
+                           capture_output=True, text=True, check=True,
+                           env={**os.environ, "POSTWARDEN_PURE": "0"})
+    return "compiled" if probe.stdout.strip() == "1" else "pure, no fresh build"
+
+
+def summarise(path: Path, truth: Truth, repeat: int,
+              variants: list[Variant]) -> tuple[Run, list[Run]]:
+    """pflogsumm and each variant, interleaved ``repeat`` times: the median of each."""
     lines = truth.lines
     references: list[Run] = []
-    mine: list[Run] = []
+    mine: list[list[Run]] = [[] for _ in variants]
     for _ in range(repeat):
         references.append(measure("pflogsumm 1.1.5", [pflogsumm.PFLOGSUMM, str(path)], lines))
-        mine.append(measure("postwarden summary",
-                            [*POSTWARDEN, "logs", "summary", "--format", "json", str(path)],
-                            lines))
-    return median_run(references), median_run(mine)
+        for runs, variant in zip(mine, variants, strict=True):
+            runs.append(measure(variant.name, variant.argv(path), lines, variant.pure))
+    return median_run(references), [median_run(runs) for runs in mine]
 
 
 def watch(path: Path, workdir: Path, lines: int, aggregate: int | None) -> Run | None:
@@ -187,10 +219,10 @@ def watch(path: Path, workdir: Path, lines: int, aggregate: int | None) -> Run |
 
 
 def table(rows: list[tuple[Run, str]]) -> None:
-    print(f"{'tool':28} {'lines':>10} {'wall s':>8} {'CPU s':>8} {'lines/s':>10} "
+    print(f"{'tool':36} {'lines':>10} {'wall s':>8} {'CPU s':>8} {'lines/s':>10} "
           f"{'peak RSS MB':>12}  totals equal")
     for run, equal in rows:
-        print(f"{run.tool:28} {run.lines:>10,} {run.wall:>8.2f} {run.cpu:>8.2f} "
+        print(f"{run.tool:36} {run.lines:>10,} {run.wall:>8.2f} {run.cpu:>8.2f} "
               f"{run.rate:>10,.0f} {run.peak_rss_kb / 1024:>12.1f}  {equal}")
 
 
@@ -212,16 +244,29 @@ def main() -> int:
     parser.add_argument("--watch-aggregate", type=int, metavar="N",
                         help="[watch.ban] aggregate for the watch run (default: its own)")
     parser.add_argument("--workdir", type=Path, help="keep the logs here (default: a temp dir)")
+    parser.add_argument("--jobs", type=int, metavar="N",
+                        help="logs summary --jobs N (default: its own, all CPUs)")
+    modules = parser.add_mutually_exclusive_group()
+    modules.add_argument("--pure", action="store_true",
+                         help="run postwarden as pure Python (POSTWARDEN_PURE=1)")
+    modules.add_argument("--also-pure", action="store_true",
+                         help="add a pure-Python row on the small log")
     args = parser.parse_args()
-    if args.repeat < 1 or args.lines < 1 or args.memory_lines < 0 or args.population < 0:
-        parser.error("--repeat and --lines must be >= 1, the others >= 0")
+    if args.repeat < 1 or args.lines < 1 or args.memory_lines < 0 or args.population < 0 \
+            or (args.jobs is not None and args.jobs < 1):
+        parser.error("--repeat, --lines and --jobs must be >= 1, the others >= 0")
+    main_variant = Variant(args.pure, args.jobs)
+    variants = [main_variant] + ([Variant(True, args.jobs)] if args.also_pure else [])
+    print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}; "
+          f"{main_variant.name}", flush=True)
     with tempfile.TemporaryDirectory(prefix="postwarden-logs-bench-") as temp:
         workdir = args.workdir or Path(temp)
         workdir.mkdir(parents=True, exist_ok=True)
         path, truth = generate(workdir, args.lines, args.format, args.seed, args.population)
-        reference, mine = summarise(path, truth, args.repeat)
-        rows = [(reference, pflogsumm_equal(reference, truth)),
-                (mine, postwarden_equal(mine, truth))]
+        reference, runs = summarise(path, truth, args.repeat, variants)
+        mine = runs[0]
+        rows = [(reference, pflogsumm_equal(reference, truth))]
+        rows += [(run, postwarden_equal(run, truth)) for run in runs]
         if args.watch:
             run = watch(path, workdir, truth.lines, args.watch_aggregate)
             if run is not None:
@@ -230,15 +275,18 @@ def main() -> int:
         if args.memory_lines:
             big_path, big_truth = generate(workdir, args.memory_lines, args.format, args.seed,
                                            args.population)
-            big = summarise(big_path, big_truth, 1)
+            big_reference, big_runs = summarise(big_path, big_truth, 1, [main_variant])
+            big = (big_reference, big_runs[0])
             rows += [(big[0], pflogsumm_equal(big[0], big_truth)),
                      (big[1], postwarden_equal(big[1], big_truth))]
         print()
         table(rows)
-        if reference.returncode == 0 and mine.returncode == 0:
-            print(f"\npostwarden / pflogsumm, lines per second: "
-                  f"{mine.rate / reference.rate:.2f}x (target >= 3x); "
-                  f"CPU: {reference.cpu / mine.cpu:.2f}x less")
+        print(f"\nload average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+        for run in runs:
+            if reference.returncode == 0 and run.returncode == 0:
+                print(f"{run.tool} / pflogsumm, lines per second: "
+                      f"{run.rate / reference.rate:.2f}x (target >= 3x); "
+                      f"CPU: {reference.cpu / run.cpu:.2f}x less")
         if big is not None:
             for small, large in ((reference, big[0]), (mine, big[1])):
                 print(f"{small.tool}: peak RSS {small.peak_rss_kb / 1024:.1f} MB at "

@@ -9,8 +9,11 @@ venv="$here/.venv"
 
 # Debian packages the tests use as real components and references (dovecot-core: the lab
 # SASL auth server, postwarden.lab.dovecot; nftables: the ban backend, tested inside a
-# network namespace).
-debs=(postfix pflogsumm dovecot-core redis-server postgrey opendkim opendkim-tools nftables)
+# network namespace; systemd-journal-remote: writes real journal files for the journal tests
+# of logs watch); gcc, libc6-dev and python3-dev build the compiled log modules
+# (scripts/build_compiled.py).
+debs=(postfix pflogsumm dovecot-core redis-server postgrey opendkim opendkim-tools nftables
+      systemd-journal-remote gcc libc6-dev python3-dev)
 
 need_debs=()
 for pkg in "${debs[@]}"; do
@@ -44,3 +47,8 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 "$venv/bin/python" -m pip install -q --upgrade pip >/dev/null
 "$venv/bin/python" -m pip install -q -e "$here[test]"
+
+# The compiled fast path of `postwarden logs summary` (docs/logs.md): rebuilt only when its
+# sources changed (a no-op otherwise); without a C compiler, or if the build fails, it says so
+# in one line and postwarden runs as pure Python.
+"$venv/bin/python" "$here/scripts/build_compiled.py" || true

@@ -435,12 +435,13 @@ def test_sqlite_group_commit_and_cancelled_callers(tmp_path: Path) -> None:
         assert [line for line in seen if not line.startswith(("SELECT", "INSERT"))] == \
             ["BEGIN IMMEDIATE", "COMMIT"]
         seen.clear()
-        calls = [asyncio.ensure_future(store.greylist_attempt(
+        more: list[asyncio.Future[object]] = [asyncio.ensure_future(store.greylist_attempt(
             Triplet("192.0.2.0", f"t{i}@x", "r@y"), NOW, TIMING)) for i in range(3)]
-        bad = asyncio.ensure_future(store._run(lambda db: db.execute("DELETE FROM nowhere")))
-        outcomes = await asyncio.gather(*calls, bad, return_exceptions=True)
+        more.append(asyncio.ensure_future(
+            store._run(lambda db: db.execute("DELETE FROM nowhere"))))
+        results = await asyncio.gather(*more, return_exceptions=True)
         db.set_trace_callback(None)
-        assert isinstance(outcomes[-1], StoreError) and "nowhere" in str(outcomes[-1])
+        assert isinstance(results[-1], StoreError) and "nowhere" in str(results[-1])
         # The group is rolled back and run again, each job in a savepoint of its own.
         control = [line for line in seen if line in ("BEGIN IMMEDIATE", "COMMIT", "ROLLBACK")]
         assert control == ["BEGIN IMMEDIATE", "ROLLBACK", "BEGIN IMMEDIATE", "COMMIT"]

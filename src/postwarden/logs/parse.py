@@ -65,6 +65,7 @@ BSD = re.compile(r"([A-Z][a-z]{2}) {1,2}(\d{1,2}) (\d\d):(\d\d):(\d\d)(\.\d{1,9}
 ISO = re.compile(r"(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)(\.\d{1,9})?"
                  r"(Z|[+-]\d\d:?\d\d) (\S+) ([^\s\[:]+)(?:\[(\d+)\])?: ")
 MAX_LINE = 65536  # longer lines are cut: Postfix itself cuts records near 2000 bytes
+MAX_EPOCH = 253402300800.0  # 10000-01-01 UTC: a journald timestamp past it is damaged
 
 
 @dataclass(frozen=True)
@@ -272,10 +273,11 @@ class Parser:
                 continue
             # the syslog name: after the last space before the ": " (which must be at
             # column 15 or later), up to a "["
-            name = line[:pos].rpartition(" ")[2]
-            if pos - len(name) <= 15:
+            ps = line.rfind(" ", 0, pos) + 1
+            if ps <= 15:
                 continue
-            service = name.partition("[")[0]
+            b = line.find("[", ps, pos)
+            service = line[ps:pos if b < 0 else b]
             chain = by_service.get(service)
             if chain is None:
                 chain = self._dispatch(service)
@@ -456,7 +458,9 @@ def _json_head(line: str) -> JsonHead | None:
     service = entry.get("SYSLOG_IDENTIFIER") or entry.get("_COMM") or ""
     try:
         t = int(entry.get("__REALTIME_TIMESTAMP", "0")) / 1e6
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
+        t = 0.0
+    if not 0.0 <= t < MAX_EPOCH:     # time.localtime() cannot take it: as if absent
         t = 0.0
     pid_text = entry.get("SYSLOG_PID") or entry.get("_PID")
     pid = int(pid_text) if isinstance(pid_text, str) and pid_text.isdigit() else None

@@ -36,6 +36,7 @@ Theory of operation (why the merged totals equal one pass's):
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gc
 import json
 import os
@@ -48,7 +49,7 @@ from typing import IO, Any
 
 from postwarden.logs.parse import Found, Head
 from postwarden.logs.reader import range_blocks
-from postwarden.logs.summary import Bounded, Security, Summary
+from postwarden.logs.summary import MAX_QUEUE_IDS, Bounded, Security, Summary
 
 MAX_CARRIED = 100_000    # queue ids a worker holds as carried at once (else it gives up)
 NEW, RCVD, QUEUED, SENT, DEFERRED, REMOVED = "N", "C", "Q", "S", "D", "R"
@@ -62,8 +63,11 @@ class PartSummary(Summary):
     """A summary of a part after the first: steps that need an earlier part's queue-id
     state go to ``journal`` (theory, step 2)."""
 
-    def __init__(self, journal: IO[str], **options: Any) -> None:
-        super().__init__(**options)
+    def __init__(self, journal: IO[str], *, year: int | None = None, now: float | None = None,
+                 pflogsumm_compat: bool = False, max_queue_ids: int = MAX_QUEUE_IDS) -> None:
+        # the options spelled out: compiled (mypyc), super().__init__(**options) fails
+        super().__init__(year=year, now=now, pflogsumm_compat=pflogsumm_compat,
+                         max_queue_ids=max_queue_ids)
         self.journal = journal
         self._carried: set[str] = set()
 
@@ -146,10 +150,15 @@ class PartSummary(Summary):
             "per_hour": self.per_hour,
             "sec": {name: ({"counts": value.counts, "dropped": value.dropped}
                            if isinstance(value, Bounded) else value)
-                    for name, value in vars(s).items()},
+                    for name, value in _fields(s)},
             "sizes": self._sizes, "rcvd": self._rcvd, "deferred": list(self._deferred),
             "first_bsd": self.parser.first_bsd, "year_state": self.parser.year_state,
         }
+
+
+def _fields(sec: Security) -> list[tuple[str, Any]]:
+    # dataclasses.fields, not vars(): a compiled (mypyc) Security has no __dict__
+    return [(f.name, getattr(sec, f.name)) for f in dataclasses.fields(sec)]
 
 
 # -- the parent's side -------------------------------------------------------------------------

@@ -99,6 +99,16 @@ def test_journald_json_message_as_bytes() -> None:
     assert "\ufffd" in event.detail
 
 
+@pytest.mark.parametrize("stamp", ["9" * 30, "9" * 400, "-5", "1.5", "x", None, [1]])
+def test_journald_damaged_timestamp_is_the_epoch(stamp: object) -> None:
+    # past what time.localtime() takes, or no number at all: read, never an exception
+    line = json.dumps({"MESSAGE": "connect from unknown[192.0.2.7]", "_HOSTNAME": "mx1",
+                       "SYSLOG_IDENTIFIER": "postfix/smtpd", "__REALTIME_TIMESTAMP": stamp})
+    event = parse(line)
+    assert isinstance(event, ev.Connect)
+    assert event.time == 0.0
+
+
 @pytest.mark.parametrize("line", ["{", "{}", "[1, 2]", '{"MESSAGE": 3}', journal(None),
                                   journal(["x"])])
 def test_bad_journald_json_is_no_event(line: str) -> None:
