@@ -6,7 +6,8 @@ way is replaced only when it is a socket nobody answers on (left by a server tha
 a live server's socket or any other file is refused. Owner and group are looked up here,
 before the daemon drops its privileges.
 Standards: unix(7) (socket files, connect to a stale socket: ECONNREFUSED); accept(2)
-(EAGAIN when another process took the connection).
+(EAGAIN when another process took the connection); socket(7) ``SO_REUSEPORT`` (sockets of
+one user on one address, connections spread over them by a hash of their addresses).
 """
 
 from __future__ import annotations
@@ -81,9 +82,36 @@ def bind_unix(path: str | Path, mode: int = 0o660, owner: str | None = None,
 
 
 def bind_tcp(host: str, port: int) -> socket.socket:
+    """A listening TCP socket."""
+    return _bind_tcp(host, port)
+
+
+def bind_tcp_copies(host: str, port: int, copies: int) -> list[socket.socket]:
+    """``copies`` listening sockets on one address, for as many worker processes: with
+    more than one, each has ``SO_REUSEPORT``, so the kernel spreads new connections
+    evenly over them by their addresses, where one shared socket lets whichever worker
+    wakes first take them (50 connections opened at once went 39 and 11). Only a process
+    of the same user (root, binding before the privilege drop) can add a socket to the
+    group. Port 0 is resolved by the first; the others take the same port."""
+    if copies == 1:
+        return [_bind_tcp(host, port)]
+    bound: list[socket.socket] = []
+    try:
+        for _ in range(copies):
+            bound.append(_bind_tcp(host, port, reuse_port=True))
+            port = bound[0].getsockname()[1]
+    except BaseException:
+        for sock in bound:
+            sock.close()
+        raise
+    return bound
+
+
+def _bind_tcp(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     try:
-        return socket.create_server((host, port), family=family, backlog=BACKLOG)
+        return socket.create_server((host, port), family=family, backlog=BACKLOG,
+                                    reuse_port=reuse_port)
     except OSError as exc:
         reason = exc.strerror or str(exc)
         if exc.errno == errno.EADDRINUSE:

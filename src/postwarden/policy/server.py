@@ -23,8 +23,11 @@ Theory of operation
    read merely stamps, not by a timer per read.
 3. With ``workers`` above 1 (``run``), the bound sockets are served by that many forked
    processes (``postwarden.prefork``); each has its own loop, counters and store
-   connection, and takes one connection per wakeup (``listen.SharedAcceptor``) so that a
-   burst of new connections spreads over the processes.
+   connection. Each has its own copy of every TCP socket (``SO_REUSEPORT``: the kernel
+   spreads connections evenly; one shared socket gave the first worker to wake most of
+   them, and smtpd's connections are long-lived, so that worker stayed the bottleneck).
+   A unix socket is one for all, and each takes one connection per wakeup
+   (``listen.SharedAcceptor``), so that a burst of new connections spreads over them.
 4. Shutdown (SIGTERM or SIGINT): stop accepting; cancel connections that wait for a
    request; give connections in the middle of a decision ``grace`` seconds to answer;
    then cancel what is left and close.
@@ -44,7 +47,7 @@ from typing import cast
 from postwarden import prefork, scrape
 from postwarden.dns import DnsResolver
 from postwarden.errors import UsageError
-from postwarden.listen import SharedAcceptor, bind_tcp, bind_unix
+from postwarden.listen import SharedAcceptor, bind_tcp, bind_tcp_copies, bind_unix
 from postwarden.policy import privileges
 from postwarden.policy.model import PolicyRequest
 from postwarden.policy.protocol import ProtocolError, RequestDecoder, encode_reply
@@ -69,18 +72,30 @@ def parse_hostport(text: str) -> tuple[str, int]:
 
 
 def bind(endpoints: Sequence[Endpoint], mode: int = 0o660, owner: str | None = None,
-         group: str | None = None) -> list[socket.socket]:
-    """Sockets for all endpoints; on any failure none stays open."""
+         group: str | None = None, *, workers: int = 1) -> list[list[socket.socket]]:
+    """For each worker process, the sockets it serves: every unix socket (shared, the
+    workers taking one connection per wakeup each) and its own copy of every TCP socket
+    (``listen.bind_tcp_copies``: the kernel spreads connections evenly). On any failure
+    none stays open."""
     bound: list[socket.socket] = []
+    served: list[list[socket.socket]] = [[] for _ in range(workers)]
     try:
         for e in endpoints:
-            bound.append(bind_unix(e.path, mode, owner, group) if e.kind == "unix"
-                         else bind_tcp(e.host, e.port))
+            if e.kind == "unix":
+                sock = bind_unix(e.path, mode, owner, group)
+                bound.append(sock)
+                for mine in served:
+                    mine.append(sock)
+                continue
+            copies = bind_tcp_copies(e.host, e.port, workers)
+            bound.extend(copies)
+            for mine, copy in zip(served, copies, strict=True):
+                mine.append(copy)
     except BaseException:
         for sock in bound:
             sock.close()
         raise
-    return bound
+    return served
 
 
 class PolicyServer:
@@ -370,17 +385,18 @@ def run(settings: Settings, metrics: tuple[str, int] | None = None, workers: int
     p = settings.policyd
     for name in PRELOAD_CODECS:
         codecs.lookup(name)
-    sockets = bind(p.listen, p.socket_mode, p.socket_owner, p.socket_group)
+    served = bind(p.listen, p.socket_mode, p.socket_owner, p.socket_group, workers=workers)
+    every = list({id(sock): sock for mine in served for sock in mine}.values())
     try:
         metrics_socket = bind_tcp(*metrics) if metrics else None
     except BaseException:
-        for sock in sockets:
+        for sock in every:
             sock.close()
         raise
     try:
         account = privileges.drop_privileges(p.user, p.group)
     except BaseException:
-        for sock in [*sockets, *([metrics_socket] if metrics_socket else [])]:
+        for sock in [*every, *([metrics_socket] if metrics_socket else [])]:
             sock.close()
         raise
     if account is not None:
@@ -388,6 +404,6 @@ def run(settings: Settings, metrics: tuple[str, int] | None = None, workers: int
                  account.gid)
 
     def child() -> int:
-        asyncio.run(serve(settings, sockets, metrics_socket))
+        asyncio.run(serve(settings, served[prefork.worker() or 0], metrics_socket))
         return 0
     return prefork.run(workers, child, name="policyd")
