@@ -410,21 +410,24 @@ class SqliteStore:
 
     async def greylist(self, triplet: Triplet, client: str, now: int,
                        timing: GreylistTiming, awl_clients: int) -> GreylistOutcome:
-        """``greylist_request``'s steps as one job: one savepoint, one commit."""
+        """``greylist_request``'s steps as one job of the group commit. Both records are
+        read with one statement (one execute less per request than two lookups)."""
         def work(db: sqlite3.Connection) -> GreylistOutcome:
-            awl = None
-            if awl_clients:
-                awl = db.execute("SELECT count, last FROM awl WHERE client=? AND expires>?",
-                                 (client, now)).fetchone()
-                if awl is not None and awl[0] >= awl_clients:
-                    _awl_bump(db, client, (int(awl[0]), int(awl[1])), now, timing.max_age)
-                    return GreylistOutcome(None, False)
-            attempt = _greylist_attempt(db, triplet, now, timing)
+            if not awl_clients:
+                attempt = _greylist_attempt(db, triplet, now, timing)
+                return GreylistOutcome(attempt, False)
+            count, last, first, seen = db.execute(_BOTH, (client, now, triplet.key,
+                                                          now)).fetchone()
+            awl = (int(count), int(last)) if count is not None else None
+            if awl is not None and awl[0] >= awl_clients:
+                _awl_bump(db, client, awl, now, timing.max_age)
+                return GreylistOutcome(None, False)
+            previous = (int(first), int(seen)) if first is not None else None
+            attempt = _greylist_record(db, triplet, now, timing, previous)
             outcome = GreylistOutcome(attempt, False)
-            if awl_clients and outcome.passed(now, timing) and not attempt.passed_before:
-                previous = (int(awl[0]), int(awl[1])) if awl is not None else None
-                count = _awl_bump(db, client, previous, now, timing.max_age)
-                return GreylistOutcome(attempt, count == awl_clients)
+            if outcome.passed(now, timing) and not attempt.passed_before:
+                bumped = _awl_bump(db, client, awl, now, timing.max_age)
+                return GreylistOutcome(attempt, bumped == awl_clients)
             return outcome
         return await self._run(work)
 
@@ -582,11 +585,24 @@ def _checkpoint_restart(db: sqlite3.Connection) -> None:
         db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
 
 
+# A client's live auto-whitelist record and a triplet's live record, in one row of
+# (count, last, first, last seen), NULL where there is none.
+_BOTH = ("SELECT a.count, a.last, g.first, g.last FROM (SELECT 1)"
+         " LEFT JOIN awl a ON a.client=? AND a.expires>?"
+         " LEFT JOIN greylist g ON g.key=? AND g.expires>?")
+
+
 def _greylist_attempt(db: sqlite3.Connection, triplet: Triplet, now: int,
                       timing: GreylistTiming) -> Attempt:
     row = db.execute("SELECT first, last FROM greylist WHERE key=? AND expires>?",
                      (triplet.key, now)).fetchone()
     previous = (int(row[0]), int(row[1])) if row else None
+    return _greylist_record(db, triplet, now, timing, previous)
+
+
+def _greylist_record(db: sqlite3.Connection, triplet: Triplet, now: int,
+                     timing: GreylistTiming, previous: tuple[int, int] | None) -> Attempt:
+    """``greylist_step`` on the live record ``previous`` (first, last), written back."""
     attempt, first, expires = greylist_step(previous, now, timing)
     db.execute("INSERT OR REPLACE INTO greylist VALUES (?,?,?,?,?,?,?)",
                (triplet.key, triplet.client, triplet.sender, triplet.recipient,
