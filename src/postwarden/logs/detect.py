@@ -390,12 +390,43 @@ class Detectors:
     """Every enabled detector, dispatched by event class."""
 
     def __init__(self, settings: WatchSettings) -> None:
+        self.max_keys = settings.max_keys
         self.detectors = [cls(settings.rule(cls.name), settings.max_keys)
                           for cls in DETECTOR_CLASSES if settings.rule(cls.name).enabled]
         self._dispatch: dict[type[Event], list[Callable[[Event], Finding | None]]] = {}
+        self._route()
+
+    def _route(self) -> None:
+        self._dispatch.clear()
         for detector in self.detectors:
             for kind in detector.handles:
                 self._dispatch.setdefault(kind, []).append(detector.feed)
+
+    def retune(self, settings: WatchSettings) -> list[str]:
+        """New settings (a reload): a detector whose threshold and window stay keeps its
+        counts and takes the new rule (action, factor); one whose threshold or window
+        changed, or that is newly enabled, starts counting afresh; a disabled one goes.
+        A new ``max_keys`` starts every detector afresh. The names started afresh."""
+        running = {d.name: d for d in self.detectors}
+        kept_keys = settings.max_keys == self.max_keys
+        self.max_keys = settings.max_keys
+        fresh: list[str] = []
+        detectors: list[Detector] = []
+        for cls in DETECTOR_CLASSES:
+            rule = settings.rule(cls.name)
+            if not rule.enabled:
+                continue
+            old = running.get(cls.name)
+            if (old is not None and kept_keys
+                    and (old.rule.threshold, old.rule.window) == (rule.threshold, rule.window)):
+                old.rule = rule
+                detectors.append(old)
+                continue
+            detectors.append(cls(rule, settings.max_keys))
+            fresh.append(cls.name)
+        self.detectors = detectors
+        self._route()
+        return fresh
 
     def feed(self, event: Event) -> list[Finding]:
         handlers = self._dispatch.get(type(event))

@@ -185,22 +185,10 @@ class Watcher:
         return True
 
     def _retune(self, settings: WatchSettings) -> None:
-        """Keep the detectors (and their counts) when only actions or factors changed."""
-        running = {d.name: d for d in self.detectors.detectors}
-        wanted = {name: rule for name, rule in settings.detectors.items() if rule.enabled}
-        same = (running.keys() == wanted.keys() and settings.max_keys == self.settings.max_keys
-                and all((rule.threshold, rule.window)
-                        == (running[name].rule.threshold, running[name].rule.window)
-                        for name, rule in wanted.items()))
-        if same:
-            for name, detector in running.items():
-                detector.rule = wanted[name]
-            return
-        # XXX: every detector starts counting again, not only the one whose threshold or
-        # window changed; keeping the others needs a way into Detectors (detect.py).
-        self.detectors = Detectors(settings)
-        log.info("watch: reload: thresholds, windows or detectors changed: counting starts "
-                 "again")
+        """Detectors whose threshold and window stay keep their counts (``retune``)."""
+        fresh = self.detectors.retune(settings)
+        if fresh:
+            log.info("watch: reload: counting starts again for %s", ", ".join(fresh))
 
     def _lift_protected(self) -> None:
         """Bans inside networks now protected (ignore, mynetworks) are lifted at once."""

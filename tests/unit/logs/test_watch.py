@@ -153,6 +153,25 @@ def test_reload_keeps_counts_and_bans_and_applies_new_rules() -> None:
     w.close()
 
 
+def test_reload_restarts_only_the_detector_whose_threshold_changed(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Another detector's threshold changed: this one's counts go on."""
+    settings = WatchSettings(ban=BanSettings(backend="none"))
+    w = Watcher(settings, store=MemoryBanStore(), sinks=[], year=2026)
+    w.start()
+    for line in brute_force("203.0.113.9", 3):
+        w.feed(line)
+    with caplog.at_level("INFO"):
+        assert w.reload(lambda: dataclasses.replace(settings,
+                                                    detectors=rules(sasl_account=50)))
+    assert any(r.getMessage().endswith("counting starts again for sasl_account")
+               for r in caplog.records)
+    for line in brute_force("203.0.113.9", 2, second=10):     # 3 before + 2 = 5
+        w.feed(line)
+    assert [b.network for b in w.bans.active()] == ["203.0.113.9/32"]
+    w.close()
+
+
 def test_reload_refuses_a_bad_file_and_what_needs_a_restart(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     settings = WatchSettings(ban=BanSettings(backend="none"), file="/var/log/mail.log")
