@@ -16,11 +16,15 @@ Theory of operation
 1. Binding is plain ``socket`` work done before the event loop starts, while still root;
    then privileges are dropped; then the loop serves the bound sockets. So the store and
    every file opened afterwards belong to the unprivileged user.
-2. A connection task loops: ask the decoder for a request; if there is none, read and feed;
-   otherwise decide, write the reply, drain. It never reads ahead of its reply, so smtpd's
-   strict request/response order holds and the decoder's buffer stays bounded. A
-   connection idle for ``idle_timeout`` is closed by one timer per connection that each
-   read merely stamps, not by a timer per read.
+2. Each connection is an asyncio protocol (``_Connection``) with one decoder. Bytes in
+   are fed to it; a whole request starts a task that decides it and writes the reply,
+   then the next whole request, if one is waiting, is taken. One decision at a time per
+   connection, so smtpd's strict request/response order holds; reading pauses while a
+   decision is in flight or the transport's send buffer is full, so neither the
+   decoder's buffer nor unread replies grow without bound; a peer that shuts down its
+   side still gets the answers to what it sent whole. A connection idle for
+   ``idle_timeout`` is closed by one timer per connection that each read merely stamps,
+   not by a timer per read.
 3. With ``workers`` above 1 (``run``), the bound sockets are served by that many forked
    processes (``postwarden.prefork``); each has its own loop, counters and store
    connection. Each has its own copy of every TCP socket (``SO_REUSEPORT``: the kernel
@@ -28,7 +32,7 @@ Theory of operation
    them, and smtpd's connections are long-lived, so that worker stayed the bottleneck).
    A unix socket is one for all, and each takes one connection per wakeup
    (``listen.SharedAcceptor``), so that a burst of new connections spreads over them.
-4. Shutdown (SIGTERM or SIGINT): stop accepting; cancel connections that wait for a
+4. Shutdown (SIGTERM or SIGINT): stop accepting; close connections that wait for a
    request; give connections in the middle of a decision ``grace`` seconds to answer;
    then cancel what is left and close.
 """
