@@ -81,9 +81,17 @@ def bind_unix(path: str | Path, mode: int = 0o660, owner: str | None = None,
     return sock
 
 
-def bind_tcp(host: str, port: int) -> socket.socket:
-    """A listening TCP socket."""
-    return _bind_tcp(host, port)
+def bind_tcp(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
+    """A listening TCP socket (``SO_REUSEPORT``: see ``bind_tcp_copies``)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        return socket.create_server((host, port), family=family, backlog=BACKLOG,
+                                    reuse_port=reuse_port)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        if exc.errno == errno.EADDRINUSE:
+            reason = "address already in use"
+        raise ListenError(f"tcp:{host}:{port}: {reason}") from None
 
 
 def bind_tcp_copies(host: str, port: int, copies: int) -> list[socket.socket]:
@@ -94,29 +102,17 @@ def bind_tcp_copies(host: str, port: int, copies: int) -> list[socket.socket]:
     of the same user (root, binding before the privilege drop) can add a socket to the
     group. Port 0 is resolved by the first; the others take the same port."""
     if copies == 1:
-        return [_bind_tcp(host, port)]
+        return [bind_tcp(host, port)]
     bound: list[socket.socket] = []
     try:
         for _ in range(copies):
-            bound.append(_bind_tcp(host, port, reuse_port=True))
+            bound.append(bind_tcp(host, port, reuse_port=True))
             port = bound[0].getsockname()[1]
     except BaseException:
         for sock in bound:
             sock.close()
         raise
     return bound
-
-
-def _bind_tcp(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    try:
-        return socket.create_server((host, port), family=family, backlog=BACKLOG,
-                                    reuse_port=reuse_port)
-    except OSError as exc:
-        reason = exc.strerror or str(exc)
-        if exc.errno == errno.EADDRINUSE:
-            reason = "address already in use"
-        raise ListenError(f"tcp:{host}:{port}: {reason}") from None
 
 
 StreamHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], None]

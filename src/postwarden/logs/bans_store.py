@@ -41,6 +41,7 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from postwarden.policy.store import StoreError, sqlite_path
+from postwarden.sqlite_wal import use_wal
 
 TIMEOUT = 2.0
 
@@ -108,7 +109,7 @@ class SqliteBanStore:
                 Path(path).parent.mkdir(mode=0o750, parents=True, exist_ok=True)
                 self._db = sqlite3.connect(path, timeout=TIMEOUT, check_same_thread=False,
                                            isolation_level=None)
-                self._db.execute("PRAGMA journal_mode=WAL")
+                use_wal(self._db, TIMEOUT)
                 self._db.executescript(_SCHEMA)
         except (OSError, sqlite3.Error) as exc:
             raise StoreError(f"ban store {path}: {exc}") from None

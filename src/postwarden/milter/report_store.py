@@ -35,7 +35,6 @@ import logging
 import os
 import secrets
 import sqlite3
-import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -45,12 +44,12 @@ from urllib.parse import urlsplit
 from postwarden.errors import clip
 from postwarden.milter.reports import Evaluation, EvaluationStore
 from postwarden.policy.store import StoreError, sqlite_path
+from postwarden.sqlite_wal import use_wal
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 BUSY_TIMEOUT_MS = 5000
-SETUP_RETRY = 0.02
 PAGE = 5000          # rows per read from Redis
 REDIS_TIMEOUT = 5.0
 
@@ -158,15 +157,7 @@ class SqliteEvaluationStore:
 def _set_up(db: sqlite3.Connection) -> None:
     """WAL and the table. Switching a new file to WAL needs an exclusive lock that SQLite
     does not wait for, so a process that loses that race tries again for a while."""
-    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
-    while True:
-        try:
-            db.execute("PRAGMA journal_mode=WAL")
-            break
-        except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) or time.monotonic() > deadline:
-                raise
-            time.sleep(SETUP_RETRY)
+    use_wal(db, BUSY_TIMEOUT_MS / 1000)
     db.execute("PRAGMA synchronous=NORMAL")
     db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
     for statement in _SCHEMA:

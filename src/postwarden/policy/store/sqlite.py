@@ -81,11 +81,11 @@ from postwarden.policy.store import (
     greylist_step,
     rate_step,
 )
+from postwarden.sqlite_wal import use_wal
 
 SCHEMA_VERSION = 2
 BUSY_TIMEOUT_MS = 5000
 MAX_BATCH = 256  # jobs per group commit
-SETUP_RETRY = 0.02  # seconds
 LOCK_RETRY = 0.0002  # seconds between tries for the write lock on the loop
 LOCK_PATIENCE = 0.05  # seconds of those tries before the worker thread waits instead
 CHECKPOINT_EVERY = 0.25  # seconds: at most this long between checkpoints while writing
@@ -383,15 +383,7 @@ class SqliteStore:
         """WAL mode and the schema. Switching a new file to WAL takes an exclusive lock and
         SQLite does not wait for it (no busy handler), so when two processes open a new
         file at once the loser tries again, for at most the busy timeout."""
-        deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
-        while True:
-            try:
-                db.execute("PRAGMA journal_mode=WAL")
-                break
-            except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) or time.monotonic() > deadline:
-                    raise
-                time.sleep(SETUP_RETRY)
+        use_wal(db, BUSY_TIMEOUT_MS / 1000)
         db.execute("PRAGMA synchronous=NORMAL")
         db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         with _transaction(db):
