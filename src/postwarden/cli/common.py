@@ -41,11 +41,14 @@ def daemon_logging() -> None:
     A daemon logs a line per decision, so each line should cost little: the logging
     module is told not to look up the caller's file and line or the thread and process
     names for every record (the logging HOWTO's "Optimization" settings), none of which
-    this format shows."""
+    this format shows, and the lines of one event-loop pass leave in one write
+    (``postwarden.logbatch``)."""
     import logging
+
+    from postwarden.logbatch import FORMAT, LoopBatchedHandler
     logging._srcfile = None  # as the HOWTO says
     logging.logThreads = False
     logging.logProcesses = False
     logging.logMultiprocessing = False
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(levelname)s: %(message)s")
+    logging.basicConfig(level=logging.INFO, handlers=[LoopBatchedHandler(sys.stderr)],
+                        format=FORMAT)

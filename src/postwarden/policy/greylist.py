@@ -45,6 +45,7 @@ Only requests at ``protocol_state=RCPT`` are greylisted. In order, as postgrey d
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import logging
 import re
@@ -52,9 +53,18 @@ import socket
 from collections import deque
 from dataclasses import dataclass
 from email.utils import formatdate
+from typing import NamedTuple
 
 from postwarden import __version__
-from postwarden.policy.model import Clock, Findings, PolicyRequest, SpfResult, Verdict
+from postwarden.policy.model import (
+    Clock,
+    Findings,
+    IPAddress,
+    PolicyRequest,
+    SpfResult,
+    Verdict,
+    parse_address,
+)
 from postwarden.policy.store import GreylistTiming, Store, Triplet
 from postwarden.policy.whitelist import ClientWhitelist, RecipientWhitelist
 
@@ -64,9 +74,17 @@ DEFAULT_TEXT = "Greylisted, see https://postgrey.schweikert.ch/help/%r.html"
 DEFAULT_HEADER = "X-Greylist: delayed %t seconds by postwarden-%v at %h; %d"
 SPF_MODES = ("domain", "skip", "off")
 INSTANCES_KEPT = 10
+CLIENTS_CACHED = 4096  # client addresses whose network and exemption are remembered
 REQUIRED = frozenset(("client_address", "client_name", "recipient", "sender"))
 _DIGIT_WORD = re.compile(r"\b\d+\b", re.ASCII)
 _BATV_TAG = re.compile(r"[0-9a-z]{10}")
+
+
+class _ClientFacts(NamedTuple):
+    address: IPAddress
+    text: str        # the address as ipaddress writes it: the auto-whitelist key
+    network: str     # its /24 or /64 (the configured prefix lengths)
+    exempt: bool     # in exempt_networks
 
 
 @dataclass(frozen=True)
@@ -140,6 +158,17 @@ class Greylist:
                             for net in settings.exempt_networks)
         self._instances: deque[str] = deque(maxlen=INSTANCES_KEPT)
         self.timing = settings.timing
+        # smtpd asks once per RCPT, so a client's facts are worked out once, not per
+        # request (ipaddress's arithmetic and formatting cost microseconds each time).
+        self._client = functools.lru_cache(maxsize=CLIENTS_CACHED)(self._client_facts)
+
+    def _client_facts(self, text: str) -> _ClientFacts | None:
+        """What the ``client_address`` text gives: None if it is not an address."""
+        address = parse_address(text)
+        if address is None:
+            return None
+        return _ClientFacts(address, str(address), client_network(address, self.settings),
+                            any(address in net for net in self.exempt))
 
     def _pass(self, reason: str) -> Verdict:
         return Verdict("DUNNO", self.name, reason)
@@ -149,14 +178,14 @@ class Greylist:
             return None
         if not request.attributes.keys() >= REQUIRED:
             return None
-        address = request.client_ip
-        if address is None:
+        client = self._client(request.client_address)
+        if client is None:
             return None
         if request.sasl_username:
             return self._pass("sasl-authenticated")
-        if any(address in net for net in self.exempt):
+        if client.exempt:
             return self._pass("exempt network")
-        if self.clients.matches(request.client_name, address):
+        if self.clients.matches(request.client_name, client.address):
             return self._pass("client whitelist")
         if self.recipients.matches(request.recipient):
             return self._pass("recipient whitelist")
@@ -165,13 +194,11 @@ class Greylist:
             return self._pass("spf pass")
         now = int(self.clock.now())
         settings = self.settings
-        if spf_domain and settings.key_by_spf_domain == "domain":
-            client = spf_domain
-        else:
-            client = client_network(address, settings)
-        triplet = Triplet(client.lower(), normalize_sender(request.sender).lower(),
+        network = (spf_domain if spf_domain and settings.key_by_spf_domain == "domain"
+                   else client.network)
+        triplet = Triplet(network.lower(), normalize_sender(request.sender).lower(),
                           request.recipient.lower())
-        client_key = str(address)
+        client_key = client.text
         outcome = await self.store.greylist(triplet, client_key, now, self.timing,
                                             settings.auto_whitelist_clients)
         attempt = outcome.attempt

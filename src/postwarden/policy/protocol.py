@@ -34,6 +34,8 @@ Theory of operation
 
 from __future__ import annotations
 
+import functools
+
 from postwarden.errors import PostwardenError
 from postwarden.policy.model import PolicyRequest
 
@@ -86,6 +88,8 @@ class RequestDecoder:
     def next_request(self) -> PolicyRequest | None:
         """The next complete request, or None when more bytes are needed."""
         self._check()
+        if not self._buffer:
+            return None  # (the usual case after a reply: smtpd has not sent again yet)
         fast = self._whole_request()
         if fast is not None:
             return fast
@@ -165,11 +169,13 @@ class RequestDecoder:
         raise self._error
 
 
+@functools.lru_cache(maxsize=1024)
 def encode_reply(action: str) -> bytes:
-    """The reply bytes for one access(5) action: ``action=...`` and the empty line."""
+    """The reply bytes for one access(5) action: ``action=...`` and the empty line.
+    Cached: most replies are one of a few (DUNNO, the greylist deferral per domain)."""
     if not action.strip():
         raise LocalProtocolError("empty action")
-    if any(c in action for c in "\r\n\0"):
+    if "\n" in action or "\r" in action or "\0" in action:
         raise LocalProtocolError("CR, LF or NUL in an action")
     try:
         encoded = action.encode("utf-8")

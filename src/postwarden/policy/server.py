@@ -185,6 +185,9 @@ class _Connection(asyncio.Protocol):
         self.service = server.service
         self.decoder = RequestDecoder()
         self.transport: asyncio.Transport | None = None
+        # Python 3.11's get_running_loop() makes a getpid() system call; one lookup per
+        # connection, not per request.
+        self.loop = asyncio.get_running_loop()
         self.peer = "client"
         self.decision: asyncio.Task[None] | None = None
         self.idle: _IdleTimer | None = None
@@ -258,7 +261,7 @@ class _Connection(asyncio.Protocol):
                 log.info("policyd: %s disconnected in the middle of a request", self.peer)
             self.close()
             return
-        self.decision = asyncio.get_running_loop().create_task(self._decide(request))
+        self.decision = self.loop.create_task(self._decide(request))
 
     async def _decide(self, request: PolicyRequest) -> None:
         try:

@@ -33,7 +33,7 @@ from postwarden.listen import ListenError, bind_tcp, bind_unix
 from postwarden.policy import privileges
 from postwarden.policy.model import Findings, PolicyRequest, SpfOutcome, SpfResult, Verdict
 from postwarden.policy.server import PolicyServer
-from postwarden.policy.service import PolicyService
+from postwarden.policy.service import PolicyService, _Budgets
 
 RCPT = {"request": "smtpd_access_policy", "protocol_state": "RCPT",
         "client_address": "203.0.113.7", "sender": "alice@example.net",
@@ -139,6 +139,37 @@ def test_check_past_budget_gets_failsafe_in_time() -> None:
     assert (verdict.action, verdict.check) == ("DUNNO", "failsafe")
     assert "budget" in verdict.reason and "echo" in verdict.reason
     assert service.counters.errors["timeout"] == 1
+
+
+def test_budgets_share_a_timer_and_spare_finished_decisions() -> None:
+    """Decisions started in one tick share one timer; it cancels only those still
+    running, never before their budget is over and at most a tick after."""
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        budgets = _Budgets(loop, 0.1)
+        started = loop.time()
+        ended: list[float] = []
+
+        async def decision(quick: bool) -> str:
+            budget = budgets.start()
+            try:
+                await asyncio.sleep(0 if quick else 5)
+            except asyncio.CancelledError:
+                assert budget.spent_it()
+                ended.append(loop.time())
+                return "spent"
+            finally:
+                budget.cancel()
+            return "done"
+
+        tasks = [asyncio.create_task(decision(n % 2 == 0)) for n in range(10)]
+        await asyncio.sleep(0)
+        assert len(budgets.groups) <= 2   # one timer for the ten (two across a tick)
+        assert await asyncio.gather(*tasks) == ["done", "spent"] * 5
+        assert all(0.1 <= end - started < 0.1 + budgets.tick + 0.05 for end in ended)
+        assert budgets.groups == {}
+
+    asyncio.run(main())
 
 
 def test_check_that_raises_its_own_timeout_is_not_a_budget_timeout() -> None:

@@ -138,13 +138,16 @@ class SqliteStore:
         self._sweep_from: dict[str, str] = {}  # table -> the key the expiry stopped at
         self._tasks: set[asyncio.Task[None]] = set()
         self._opening: asyncio.Future[sqlite3.Connection] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # the one _run last ran on
 
     async def _run(self, work: Callable[[sqlite3.Connection], T]) -> T:
         """Queue ``work`` for the loop's next group commit (on the worker when another
         process keeps the write lock); its result once it is committed."""
         if self._loop_db is None:
             await self._open()
-        loop = asyncio.get_running_loop()
+        loop = self._loop  # (Python 3.11's get_running_loop() makes a getpid() call)
+        if loop is None or not loop.is_running():
+            loop = self._loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         self._queued.append((work, future))
         if self._flush_handle is None and not self._paused:
