@@ -1,19 +1,23 @@
-"""Build the compiled fast path of ``postwarden logs summary``: the hot log modules as C
-extensions (mypyc), outside the source tree, with a stamp naming the sources they came from.
+"""Build the compiled fast paths of ``postwarden logs summary`` and ``postwarden policyd``: their
+hot modules as C extensions (mypyc), outside the source tree, with a stamp per package naming
+the sources they came from.
 
-Security: compiles only this repository's modules named in ``postwarden.logs.COMPILED_MODULES``,
+Security: compiles only this repository's modules named in ``postwarden.compiled.PACKAGES``,
 with the C compiler found on PATH; writes only under the output directory (default
 ``<sys.prefix>/postwarden-compiled``, a symlink to the current build), building into a fresh
 sibling directory and pointing the symlink at it in one rename, so that a reader never sees
-a half-built set or none; the stamp is written last (temp + fsync + rename).
+a half-built set or none; the stamps are written last (temp + fsync + rename).
 Standards: mypyc (part of mypy); PEP 3149 extension file names (the ABI tag is part of the
 file names and of the stamp).
 
-Theory of operation: ``postwarden.logs`` (its ``__init__``) puts ``<out>/postwarden/logs`` in
-front of the package's ``__path__`` only when the stamp names the running interpreter and
-the current bytes of every compiled source; so an edited source makes the whole compiled
-set ignored until this script runs again. With nothing changed a run only checks the stamp
-(and rewrites it when only the files' mtimes moved) and exits. Exit codes: 0 built or up to
+Theory of operation: each package (``postwarden.logs``, ``postwarden.policy``: their
+``__init__``, through ``postwarden.compiled``) puts ``<out>/postwarden/<package>`` in front
+of its ``__path__`` only when its stamp names the running interpreter and the current bytes
+of every compiled source of that package; so an edited source makes that package's whole
+compiled set ignored until this script runs again. Each package is one mypyc group (one
+shared library), so the packages do not depend on each other's builds. With nothing changed
+a run only checks the stamps (and rewrites them when only the files' mtimes moved) and
+exits; when one package is stale, both are built again. Exit codes: 0 built or up to
 date, 3 no C compiler, 1 a build failure (in both, pure Python stays in use).
 
 Usage: ``.venv/bin/python scripts/build_compiled.py [--out DIR] [--force] [--check]``.
@@ -30,30 +34,42 @@ import tempfile
 import time
 from pathlib import Path
 
-import postwarden.logs as logs
+from postwarden import compiled
 
 HERE = Path(__file__).resolve().parent.parent
-PACKAGE = HERE / "src" / "postwarden" / "logs"
-# mypyc names the group's shared library GROUP + "__mypyc": postwarden.logs.SHARED_LIBRARY
-GROUP = "postwarden.logs._compiled"
 EXIT_NO_COMPILER = 3
 
 
-def stamp_text() -> str:
-    """The stamp of the current sources (postwarden.logs reads it: its theory of operation)."""
-    rows = [f"python {logs.python_tag()}"]
-    for module in logs.COMPILED_MODULES:
+def group(package: str) -> str:
+    """The mypyc group of a package; mypyc names its shared library GROUP + "__mypyc"
+    (``postwarden.compiled.SHARED_LIBRARY``)."""
+    return f"postwarden.{package}._compiled"
+
+
+def stamp_text(package: str) -> str:
+    """The stamp of a package's current sources (``postwarden.compiled`` reads it)."""
+    rows = [f"python {compiled.python_tag()}"]
+    for module in compiled.PACKAGES[package]:
         name = f"{module}.py"
-        st = (PACKAGE / name).stat()
-        rows.append(f"{name} {st.st_size} {st.st_mtime_ns} {logs.source_sha256(name)}")
+        st = (Path(compiled.source_dir(package)) / name).stat()
+        rows.append(f"{name} {st.st_size} {st.st_mtime_ns} "
+                    f"{compiled.source_sha256(package, name)}")
     return "\n".join(rows) + "\n"
 
 
+def stamps() -> dict[str, str]:
+    return {package: stamp_text(package) for package in compiled.PACKAGES}
+
+
+def fresh(out: Path) -> bool:
+    return all(compiled.stamp_matches(str(out), package) for package in compiled.PACKAGES)
+
+
 def default_out() -> Path:
-    return Path(logs.compiled_root())
+    return Path(compiled.compiled_root())
 
 
-def write_stamp(directory: Path, text: str) -> None:
+def write_stamp(directory: Path, name: str, text: str) -> None:
     """temp + fsync + rename: a reader sees the old stamp or the new one."""
     fd, temp = tempfile.mkstemp(prefix=".stamp-", dir=directory)
     with os.fdopen(fd, "w", encoding="ascii") as f:
@@ -61,34 +77,38 @@ def write_stamp(directory: Path, text: str) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.chmod(temp, 0o644)               # not a secret: any user of the venv reads it
-    os.replace(temp, directory / logs.STAMP)
+    os.replace(temp, directory / name)
 
 
 def build(out: Path) -> None:
-    """Compile the modules into a fresh directory beside ``out``, then swap it into place."""
+    """Compile every package into a fresh directory beside ``out``, then swap it into
+    place."""
     from mypyc.build import mypycify
     from setuptools import Distribution  # type: ignore[import-untyped]  # no stubs here
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    stamp = stamp_text()
+    before = stamps()
     staging = Path(tempfile.mkdtemp(prefix=out.name + ".build-", dir=out.parent))
     work = Path(tempfile.mkdtemp(prefix=out.name + ".work-", dir=out.parent))
     cwd = Path.cwd()
     try:
         os.chdir(HERE)                  # mypy reads pyproject.toml and finds src/ from here
-        paths = [f"src/postwarden/logs/{module}.py" for module in logs.COMPILED_MODULES]
-        extensions = mypycify(paths, opt_level="3", group_name=GROUP,
-                              target_dir=str(work / "c"))
+        groups: list[tuple[list[str], str | None]] = [
+            ([f"src/postwarden/{package}/{module}.py" for module in modules], group(package))
+            for package, modules in compiled.PACKAGES.items()]
+        extensions = mypycify([path for paths, _ in groups for path in paths],
+                              opt_level="3", separate=groups, target_dir=str(work / "c"))
         dist = Distribution({"name": "postwarden-compiled", "ext_modules": extensions})
         command = dist.get_command_obj("build_ext")
         command.build_lib = str(staging)
         command.build_temp = str(work / "o")
         command.parallel = os.cpu_count() or 1
         dist.run_command("build_ext")
-        if stamp_text() != stamp:
+        if stamps() != before:
             raise RuntimeError("the sources changed during the build: run it again")
-        write_stamp(staging, stamp)
-        if not logs.stamp_matches(str(staging)):   # what postwarden.logs will check
+        for package, text in before.items():
+            write_stamp(staging, compiled.stamp_name(package), text)
+        if not fresh(staging):          # what the packages will check
             raise RuntimeError(f"the build in {staging} is incomplete")
         staging.chmod(0o755)            # mkdtemp's 0700: every user of the venv may import
         _swap(staging, out)
@@ -130,27 +150,28 @@ def main() -> int:
                         help="only say whether the build is up to date (exit 0) or not (1)")
     args = parser.parse_args()
     out: Path = (args.out or default_out()).absolute()  # not resolve(): it is a symlink
-    fresh = logs.stamp_matches(str(out))
+    up_to_date = fresh(out)
     if args.check:
-        print(f"compiled log modules in {out}: {'up to date' if fresh else 'missing or stale'}")
-        return 0 if fresh else 1
-    if fresh and not args.force:
-        current = stamp_text()
-        if (out / logs.STAMP).read_text(encoding="ascii") != current:
-            write_stamp(out, current)   # same bytes, new mtimes (a checkout): no hashing later
-        print(f"compiled log modules: up to date ({out})")
+        print(f"compiled modules in {out}: {'up to date' if up_to_date else 'missing or stale'}")
+        return 0 if up_to_date else 1
+    if up_to_date and not args.force:
+        for package, current in stamps().items():
+            stamp = out / compiled.stamp_name(package)
+            if stamp.read_text(encoding="ascii") != current:  # same bytes, new mtimes (a
+                write_stamp(out, stamp.name, current)         # checkout): no hashing later
+        print(f"compiled modules: up to date ({out})")
         return 0
     if compiler() is None:
-        print("compiled log modules: no C compiler found; postwarden runs as pure Python")
+        print("compiled modules: no C compiler found; postwarden runs as pure Python")
         return EXIT_NO_COMPILER
     started = time.monotonic()
     try:
         build(out)
     except Exception as exc:           # any build failure: pure Python stays in use
-        print(f"compiled log modules: build failed ({type(exc).__name__}: {exc}); "
+        print(f"compiled modules: build failed ({type(exc).__name__}: {exc}); "
               "postwarden runs as pure Python", file=sys.stderr)
         return 1
-    print(f"compiled log modules: built in {time.monotonic() - started:.0f} s ({out})")
+    print(f"compiled modules: built in {time.monotonic() - started:.0f} s ({out})")
     return 0
 
 

@@ -10,7 +10,7 @@ venv="$here/.venv"
 # Debian packages the tests use as real components and references (dovecot-core: the lab
 # SASL auth server, postwarden.lab.dovecot; nftables: the ban backend, tested inside a
 # network namespace; systemd-journal-remote: writes real journal files for the journal tests
-# of logs watch); gcc, libc6-dev and python3-dev build the compiled log modules
+# of logs watch); gcc, libc6-dev and python3-dev build the compiled modules of logs and policyd
 # (scripts/build_compiled.py).
 debs=(postfix pflogsumm dovecot-core redis-server postgrey opendkim opendkim-tools nftables
       systemd-journal-remote gcc libc6-dev python3-dev)

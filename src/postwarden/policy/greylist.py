@@ -59,7 +59,6 @@ from postwarden import __version__
 from postwarden.policy.model import (
     Clock,
     Findings,
-    IPAddress,
     PolicyRequest,
     SpfResult,
     Verdict,
@@ -81,7 +80,6 @@ _BATV_TAG = re.compile(r"[0-9a-z]{10}")
 
 
 class _ClientFacts(NamedTuple):
-    address: IPAddress
     text: str        # the address as ipaddress writes it: the auto-whitelist key
     network: str     # its /24 or /64 (the configured prefix lengths)
     exempt: bool     # in exempt_networks
@@ -161,14 +159,19 @@ class Greylist:
         # smtpd asks once per RCPT, so a client's facts are worked out once, not per
         # request (ipaddress's arithmetic and formatting cost microseconds each time).
         self._client = functools.lru_cache(maxsize=CLIENTS_CACHED)(self._client_facts)
+        self._client_listed = functools.lru_cache(maxsize=CLIENTS_CACHED)(self._listed)
 
     def _client_facts(self, text: str) -> _ClientFacts | None:
         """What the ``client_address`` text gives: None if it is not an address."""
         address = parse_address(text)
         if address is None:
             return None
-        return _ClientFacts(address, str(address), client_network(address, self.settings),
+        return _ClientFacts(str(address), client_network(address, self.settings),
                             any(address in net for net in self.exempt))
+
+    def _listed(self, name: str, address: str) -> bool:
+        """Whether the client whitelist has the client (each entry is tried: cached)."""
+        return self.clients.matches(name, parse_address(address))
 
     def _pass(self, reason: str) -> Verdict:
         return Verdict("DUNNO", self.name, reason)
@@ -185,7 +188,7 @@ class Greylist:
             return self._pass("sasl-authenticated")
         if client.exempt:
             return self._pass("exempt network")
-        if self.clients.matches(request.client_name, client.address):
+        if self._client_listed(request.client_name, request.client_address):
             return self._pass("client whitelist")
         if self.recipients.matches(request.recipient):
             return self._pass("recipient whitelist")

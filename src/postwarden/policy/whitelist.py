@@ -82,6 +82,8 @@ class RecipientWhitelist:
     patterns: tuple[re.Pattern[str], ...] = ()
 
     def matches(self, recipient: str) -> bool:
+        if not self.patterns:
+            return False
         subject = recipient[:MAX_SUBJECT]
         return any(pattern.search(subject) for pattern in self.patterns)
 
