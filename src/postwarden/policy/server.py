@@ -63,7 +63,10 @@ from postwarden.settings import Endpoint, Settings
 
 log = logging.getLogger(__name__)
 
-READ_SIZE = 4096
+# Bytes one read may bring: a request is usually under 1 KiB. Each connection reads into
+# a buffer of its own this size (asyncio.BufferedProtocol); a plain Protocol has asyncio
+# allocate 256 KiB for every read, which cost 12 µs a read here, more than the decision.
+READ_SIZE = 8192
 
 
 def parse_hostport(text: str) -> tuple[str, int]:
@@ -170,12 +173,13 @@ class PolicyServer:
         await self._stopped.wait()
 
 
-class _Connection(asyncio.Protocol):
+class _Connection(asyncio.BufferedProtocol):
     """One client connection: bytes in, requests out of its decoder, one decision at a
     time, the reply written when it is made.
 
     A protocol rather than a stream pair and a task per connection: a request costs one
-    task (its decision) and no wake-ups of a reader. Reading pauses while a decision is
+    task (its decision) and no wake-ups of a reader; a buffered one, reading into a
+    buffer of its own (``READ_SIZE``). Reading pauses while a decision is
     in flight (smtpd never sends before it has its reply, so this happens only with a
     peer that does) and while the reply buffer is full (a peer that does not read), so
     neither the decoder's buffer nor the replies can grow without bound."""
@@ -184,6 +188,7 @@ class _Connection(asyncio.Protocol):
         self.server = server
         self.service = server.service
         self.decoder = RequestDecoder()
+        self.buffer = memoryview(bytearray(READ_SIZE))
         self.transport: asyncio.Transport | None = None
         # Python 3.11's get_running_loop() makes a getpid() system call; one lookup per
         # connection, not per request.
@@ -203,7 +208,13 @@ class _Connection(asyncio.Protocol):
         self.service.counters.connections += 1
         self.idle = _IdleTimer(self.server.idle_timeout, self._idle_too_long)
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.received(bytes(self.buffer[:nbytes]))
+
+    def received(self, data: bytes) -> None:
         assert self.idle is not None and self.transport is not None
         self.idle.touch()
         try:
