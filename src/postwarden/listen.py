@@ -130,7 +130,7 @@ class SharedAcceptor:
     """
 
     def __init__(self, sock: socket.socket, handler: StreamHandler | None = None, *,
-                 protocol: Callable[[], asyncio.Protocol] | None = None,
+                 protocol: Callable[[], asyncio.BaseProtocol] | None = None,
                  limit: int = 2 ** 16) -> None:
         if (handler is None) == (protocol is None):
             raise ValueError("SharedAcceptor: give a stream handler or a protocol factory")

@@ -10,7 +10,6 @@ and stale-socket handling, the privilege drop (as root, in a subprocess) and the
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import shutil
