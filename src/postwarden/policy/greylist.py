@@ -18,7 +18,9 @@ Only requests at ``protocol_state=RCPT`` are greylisted. In order, as postgrey d
 2. + A SASL-authenticated client (``sasl_username`` set) is never greylisted; nor a
    client in ``exempt_networks`` (default loopback), since a policy request does not say
    whether the client is in Postfix's ``mynetworks``.
-3. Client whitelist (name and address), then recipient whitelist.
+3. Client whitelist (name and address), then recipient whitelist. A client's network,
+   exemption and client-whitelist match are worked out once per client (the last 4,096
+   remembered), since smtpd asks once per recipient.
 4. + When SPF passed for the sender's own domain and ``key_by_spf_domain`` is ``skip``,
    the mail is not greylisted.
 5. Auto-whitelist: a client address (the full address, as postgrey) with at least
