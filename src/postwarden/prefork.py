@@ -189,7 +189,8 @@ class _Supervisor:
         _worker = slot
         code = EXIT_INTERNAL
         try:
-            _die_with_parent(parent)
+            if not die_with_parent(parent):
+                raise SystemExit(0)  # the supervisor died before the prctl took effect
             signal.signal(signal.SIGHUP, signal.SIG_IGN)
             signal.pthread_sigmask(signal.SIG_SETMASK, self.old_mask)
             code = self.child()
@@ -239,15 +240,16 @@ class _Supervisor:
         self.due[slot] = now + delay
 
 
-def _die_with_parent(parent: int) -> None:
-    """Linux: SIGTERM to this worker when the supervisor dies (and it is not already)."""
+def die_with_parent(parent: int) -> bool:
+    """Linux: SIGTERM to this forked process when its parent dies. Whether ``parent`` is
+    still its parent: if not, the parent died before the prctl took effect, and the
+    caller should leave."""
     name = ctypes.util.find_library("c")
     if name is not None:
         with contextlib.suppress(OSError, AttributeError):
             ctypes.CDLL(name, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM),
                                                    0, 0, 0)
-    if os.getppid() != parent:
-        raise SystemExit(0)  # the supervisor died before the prctl took effect
+    return os.getppid() == parent
 
 
 def run(workers: int, child: Callable[[], int], *, name: str,

@@ -236,17 +236,7 @@ class RedisBanStore:
     def active(self, now: float) -> list[Ban]:
         def read() -> list[Ban]:
             self._redis.zremrangebyscore(self._index, "-inf", now)
-            networks = [str(n) for n in
-                        self._redis.zrangebyscore(self._index, f"({now!r}", "+inf")]
-            pipe = self._redis.pipeline()
-            for network in networks:
-                pipe.hgetall(self._key(network))
-            found = []
-            for network, data in zip(networks, pipe.execute(), strict=True):
-                ban = self._ban(network, data, now) if data else None
-                if ban is not None and ban.expires > now:
-                    found.append(ban)
-            return sorted(found, key=lambda b: b.network)
+            return self._read(now, ended=False)
         result: list[Ban] = self._do(read)
         return result
 
@@ -275,19 +265,21 @@ class RedisBanStore:
         found = self._redis.scan_iter(match=pattern, count=1000)
         return [str(k)[len(self._key("")):] for k in found]
 
+    def _read(self, now: float, *, ended: bool) -> list[Ban]:
+        """The records of the networks ``_networks`` names, in network order."""
+        networks = self._networks(now, ended)
+        pipe = self._redis.pipeline()
+        for network in networks:
+            pipe.hgetall(self._key(network))
+        found = []
+        for network, data in zip(networks, pipe.execute(), strict=True):
+            ban = self._ban(network, data, now) if data else None
+            if ban is not None and (ended or ban.expires > now):
+                found.append(ban)
+        return sorted(found, key=lambda b: b.network)
+
     def listing(self, now: float, *, ended: bool = False) -> list[Ban]:
-        def read() -> list[Ban]:
-            networks = self._networks(now, ended)
-            pipe = self._redis.pipeline()
-            for network in networks:
-                pipe.hgetall(self._key(network))
-            found = []
-            for network, data in zip(networks, pipe.execute(), strict=True):
-                ban = self._ban(network, data, now) if data else None
-                if ban is not None and (ended or ban.expires > now):
-                    found.append(ban)
-            return sorted(found, key=lambda b: b.network)
-        result: list[Ban] = self._do(read)
+        result: list[Ban] = self._do(lambda: self._read(now, ended=ended))
         return result
 
     def changed(self) -> bool:

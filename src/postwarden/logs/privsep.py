@@ -49,8 +49,6 @@ is worth its code; meanwhile the helper's whole surface is the four checked oper
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import ipaddress
 import json
 import logging
@@ -65,6 +63,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
+from postwarden import prefork
 from postwarden.errors import PostwardenError, clip
 from postwarden.logs.bans import COMMAND_TIMEOUT, Backend, BanError, NoBackend, Protection
 from postwarden.logs.bans_store import Ban
@@ -81,7 +80,6 @@ MIN_PREFIX = {4: 8, 6: 16}      # the widest network the helper will ban
 REPLY_TIMEOUT = 2 * COMMAND_TIMEOUT + 5   # an add may run nft twice (fallback), then answer
 _HEADER = struct.Struct(">I")
 _CIDR = re.compile(r"[0-9a-f:.]+/[0-9]{1,3}")
-_PR_SET_PDEATHSIG = 1
 OPS = ("sync", "add", "lift", "expire")
 
 
@@ -249,16 +247,6 @@ def answer(data: bytes, backend: Backend, protection: Protection, longest: int,
     return {"ok": True}
 
 
-def _die_with_parent(parent: int) -> None:
-    name = ctypes.util.find_library("c")
-    if name is not None:
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL(name, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM),
-                                                   0, 0, 0)
-    if os.getppid() != parent:
-        os._exit(0)   # the watcher died before the prctl took effect
-
-
 def serve(sock: socket.socket, backend: Backend, protection: Protection,
           longest: int) -> int:
     """The helper's loop (theory point 2); its exit status. Closes ``sock`` at the end."""
@@ -292,7 +280,8 @@ def _helper(sock: socket.socket, backend: Backend, protection: Protection, longe
             parent: int) -> NoReturn:
     code = 1
     try:
-        _die_with_parent(parent)
+        if not prefork.die_with_parent(parent):
+            os._exit(0)   # the watcher died before the prctl took effect
         signal.signal(signal.SIGINT, signal.SIG_IGN)    # the watcher's to act on
         signal.signal(signal.SIGHUP, signal.SIG_IGN)    # a reload is the watcher's
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
