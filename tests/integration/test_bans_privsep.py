@@ -106,9 +106,12 @@ def nft_set(ns: str, family: str = "v4") -> str:
                            family], capture_output=True, text=True, check=False).stdout
 
 
-def in_child(body: Callable[[Callable[[object], None]], None]) -> tuple[int, list[Any]]:
-    """Run ``body(report)`` in a forked process (the watcher, started as root); what it
-    reported (JSON values) and its exit code. A traceback in the child is reported too."""
+def in_child(body: Callable[[Callable[[object], None]], None],
+             first: Callable[[Any], None] | None = None) -> tuple[int, list[Any]]:
+    """Run ``body(report)`` in a forked process (the watcher, started as root); its exit
+    code and what it reported (JSON values). ``SystemExit`` gives its code; a traceback
+    in the child is reported too. With ``first``, the parent hands it the first report
+    as soon as it comes, while the child runs."""
     read_fd, write_fd = os.pipe()
     pid = os.fork()
     if pid == 0:  # the watcher
@@ -121,16 +124,22 @@ def in_child(body: Callable[[Callable[[object], None]], None]) -> tuple[int, lis
             try:
                 body(report)
                 code = 0
+            except SystemExit as exc:
+                code = int(exc.code or 0)
             except BaseException:
                 report({"traceback": traceback.format_exc()})
                 code = 2
         finally:
             os._exit(code)
     os.close(write_fd)
+    reports = []
     with os.fdopen(read_fd) as pipe:
-        lines = pipe.read().splitlines()
+        if first is not None:
+            reports.append(json.loads(pipe.readline()))
+            first(reports[0])
+        reports += [json.loads(line) for line in pipe.read().splitlines()]
     _, status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(status), [json.loads(line) for line in lines]
+    return os.waitstatus_to_exitcode(status), reports
 
 
 def ids(pid: int | str) -> dict[str, list[int]]:
@@ -298,29 +307,9 @@ def test_the_watcher_stops_when_the_helper_dies(state: Path) -> None:
             report({"error": str(exc)})
             raise SystemExit(1) from None
 
-    read_fd, write_fd = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        code = 3
-        try:
-            os.close(read_fd)
-
-            def report(value: object) -> None:
-                os.write(write_fd, (json.dumps(value) + "\n").encode())
-            try:
-                watcher(report)
-                code = 0
-            except SystemExit as exc:
-                code = int(exc.code or 0)
-        finally:
-            os._exit(code)
-    os.close(write_fd)
-    with os.fdopen(read_fd) as pipe:
-        first = json.loads(pipe.readline())
-        os.kill(first["helper"], signal.SIGKILL)
-        rest = [json.loads(line) for line in pipe.read().splitlines()]
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 1
+    code, (first, *rest) = in_child(
+        watcher, first=lambda report: os.kill(report["helper"], signal.SIGKILL))
+    assert code == 1
     assert rest[0] == {"stopped": True}
     assert rest[1]["error"].startswith(f"privileged helper pid={first['helper']} exited "
                                        "(signal 9) while the watcher ran")

@@ -155,14 +155,21 @@ def settled(watch: Watch, name: str, value: float, still: float = 1.5) -> None:
     assert watch.metric(name) == value, watch.text()
 
 
-def test_journal_position_survives_a_restart(tmp_path: Path) -> None:
-    journal = Journal(tmp_path / "journal")
+def journal_config(tmp_path: Path, journal: Journal, extra: str = "") -> tuple[Path, Path]:
+    """A config following ``journal`` with a position file (and ``extra`` lines of its
+    [watch] section); the config's path and the position file's."""
     position = tmp_path / "watch.position"
     config = tmp_path / "postwarden.toml"
     config.write_text(f'[watch]\njournal = true\njournal_directory = "{journal.directory}"\n'
-                      f'position_file = "{position}"\nstore = "sqlite://{tmp_path}/w.db"\n'
-                      f"[watch.detect.sasl_client]\nthreshold = {THRESHOLD}\n"
-                      "[watch.alerts]\nsyslog = false\n")
+                      f'position_file = "{position}"\n{extra}[watch.alerts]\nsyslog = false\n')
+    return config, position
+
+
+def test_journal_position_survives_a_restart(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "journal")
+    config, position = journal_config(
+        tmp_path, journal, f'store = "sqlite://{tmp_path}/w.db"\n'
+                           f"[watch.detect.sasl_client]\nthreshold = {THRESHOLD}\n")
     # A position from an earlier run: after the first entry (a first run would start at
     # the end; pinning it makes every count below exact).
     journal.write("a", connects(1, 1))
@@ -204,10 +211,7 @@ def test_a_first_start_keeps_its_place_before_anything_is_read(tmp_path: Path) -
     """No position yet: the watcher starts after the journal's last entry and writes that
     down at once, so what is logged after a quick stop is read at the next start."""
     journal = Journal(tmp_path / "journal")
-    position = tmp_path / "watch.position"
-    config = tmp_path / "postwarden.toml"
-    config.write_text(f'[watch]\njournal = true\njournal_directory = "{journal.directory}"\n'
-                      f'position_file = "{position}"\n[watch.alerts]\nsyslog = false\n')
+    config, position = journal_config(tmp_path, journal)
     journal.write("a", connects(1, 5))
     first = Watch(config)
     first.wait_for_text("active ban(s) applied")
@@ -225,10 +229,7 @@ def test_a_cursor_journalctl_refuses_means_the_end(tmp_path: Path) -> None:
     """A damaged cursor in the position file: journalctl refuses it, the watcher says so
     once and follows from the end."""
     journal = Journal(tmp_path / "journal")
-    position = tmp_path / "watch.position"
-    config = tmp_path / "postwarden.toml"
-    config.write_text(f'[watch]\njournal = true\njournal_directory = "{journal.directory}"\n'
-                      f'position_file = "{position}"\n[watch.alerts]\nsyslog = false\n')
+    config, position = journal_config(tmp_path, journal)
     journal.write("a", connects(1, 3))
     position.write_text(json.dumps({"source": "journal", "directory": str(journal.directory),
                                     "cursor": "s=zz;i=zz"}))

@@ -78,8 +78,8 @@ def child_env(**overrides: str) -> dict[str, str]:
     return {**env, **overrides}
 
 
-def probe(env: dict[str, str] | None = None) -> dict[str, object]:
-    run = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True,
+def probe(env: dict[str, str] | None = None, script: str = PROBE) -> dict[str, object]:
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                          check=True, env=child_env(**(env or {})))
     result: dict[str, object] = json.loads(run.stdout)
     return result
@@ -372,10 +372,7 @@ asyncio.run(main())
 
 
 def policy_probe(env: dict[str, str] | None = None) -> dict[str, object]:
-    run = subprocess.run([sys.executable, "-c", POLICY_PROBE], capture_output=True, text=True,
-                         check=True, env=child_env(**(env or {})))
-    result: dict[str, object] = json.loads(run.stdout)
-    return result
+    return probe(env, POLICY_PROBE)
 
 
 def rewrite_policy_stamp(root: Path, name: str) -> None:
