@@ -221,9 +221,10 @@ def test_zero_workers_is_an_error() -> None:
         prefork.run(0, lambda: 0, name="test")
 
 
-def test_the_start_up_heap_is_frozen_and_full_collections_are_rarer() -> None:
-    """Before ``child`` runs, what is alive is out of the collector's sight and a full
-    collection comes a tenth as often (module docstring, 7)."""
+def test_the_start_up_heap_is_frozen_and_collections_are_rarer() -> None:
+    """Before ``child`` runs, what is alive is out of the collector's sight, a full
+    collection comes a tenth as often and a young one every 2,000 allocations (module
+    docstring, 7)."""
     code = ("import gc, json\n"
             "from postwarden import prefork\n"
             "seen = []\n"
@@ -235,3 +236,4 @@ def test_the_start_up_heap_is_frozen_and_full_collections_are_rarer() -> None:
     ((frozen, threshold),) = json.loads(run.stdout)
     assert frozen > 1000
     assert threshold[2] == prefork.FULL_EVERY == 100
+    assert threshold[0] == prefork.YOUNG_EVERY == 2000
