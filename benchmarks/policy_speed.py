@@ -19,16 +19,20 @@ epoll loop with requests encoded before the clock starts, so it costs little CPU
 request and leaves the machine's CPUs to the servers. Postwarden runs once per
 ``--policyd-workers`` count (the rows ``w=1``, ``w=2``: processes sharing the socket and
 the SQLite file). Each run starts every server afresh, in alternating order; with
-``--runs N`` the table shows medians over the runs and the range of requests per
-second, since on a shared machine single runs vary. Per server and scenario: requests
-per second, p50 and p99 latency, CPU per request of the server (user+system from
-/proc/PID/stat, threads and worker processes included) and of this client, then the
-ratio of each postwarden row to postgrey. The load average before
-and after is printed as a noise indicator. The load is closed-loop: with N connections
-there are always N requests in flight, so mean latency is N divided by the rate (Little's
-law). ``--rate R`` makes it open-loop instead: R requests per second offered in total,
-each connection still one request at a time, latency counted from when a request was due;
-that shows the latency at a given load rather than at saturation.
+``--runs N`` the table shows medians over the runs and the range of requests per second,
+since on a shared machine single runs vary. Per server and scenario: requests per second,
+p50 and p99 latency, CPU per request of the server (user+system from /proc/PID/stat,
+threads and worker processes included) and of this client, then the ratio of each
+postwarden row to postgrey. The load average before and after is printed as a noise
+indicator, and so is the machine's own tail: a fixed block of CPU work (about 1 ms) timed
+again and again, before and after, with nothing of the benchmark running. On a quiet
+machine its p99 is close to its p50; on the shared VM this was written on it was 1.3 to
+1.9 times its p50 in samples seconds apart, and a server's p99 at saturation is stretched
+as much, whatever the server does. The load is closed-loop: with N connections there are
+always N requests in flight, so mean latency is N divided by the rate (Little's law).
+``--rate R`` makes it open-loop instead: R requests per second offered in total, each
+connection still one request at a time, latency counted from when a request was due; that
+shows the latency at a given load rather than at saturation.
 
 Both servers keep their state across a crash: postgrey's BerkeleyDB commits every write
 with fdatasync; postwarden commits each group of requests to SQLite's WAL before it
@@ -60,6 +64,8 @@ TICKS = os.sysconf("SC_CLK_TCK")
 START_TIMEOUT = 20.0
 MAX_REQUESTS = 100_000
 MAX_CONNECTIONS = 200
+JITTER_SECONDS = 2.0  # how long the machine's own tail is sampled, before and after
+JITTER_ROUNDS = 130  # small dictionaries filled in the fixed block (about 1 ms)
 
 
 @dataclass(frozen=True)
@@ -315,6 +321,31 @@ def one_run(number: int, tmp: Path, requests: int, levels: list[int],
             for name in order}
 
 
+def host_jitter(seconds: float = JITTER_SECONDS) -> tuple[float, float]:
+    """The p50 and p99, in ms, of the time one fixed block of CPU work takes, timed over
+    and over for ``seconds``."""
+    times: list[float] = []
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        start = time.perf_counter()
+        _fixed_work()
+        times.append(time.perf_counter() - start)
+    times.sort()
+    return times[len(times) // 2] * 1000, times[int(0.99 * len(times))] * 1000
+
+
+def _fixed_work() -> int:
+    """About a millisecond of interpreter work (small dictionaries, the stuff of a
+    request), the same every time and with no memory to ask the system for."""
+    size = 0
+    for _ in range(JITTER_ROUNDS):
+        table = {}
+        for number in range(256):
+            table[number] = number
+        size += len(table)
+    return size
+
+
 def median(values: list[float]) -> float:
     return statistics.median(values)
 
@@ -374,6 +405,7 @@ def main() -> int:
               "connections and 8 workers", file=sys.stderr)
         return 2
     load_before = os.getloadavg()[0]
+    jitter_before = host_jitter()
     runs = []
     with tempfile.TemporaryDirectory(prefix="postwarden-bench-") as tmp:
         os.chmod(tmp, 0o755)  # noqa: S103 - the servers run as postgrey and nobody
@@ -387,6 +419,12 @@ def main() -> int:
           + "load average "
           f"{load_before:.2f} before, {os.getloadavg()[0]:.2f} after, on "
           f"{os.cpu_count()} CPUs; CPU is per request")
+    jitter_after = host_jitter()
+    print("the machine's own tail, a fixed CPU block timed over and over for "
+          f"{JITTER_SECONDS:g} s: p50 {jitter_before[0]:.2f} ms, p99 {jitter_before[1]:.2f} "
+          f"ms ({jitter_before[1] / jitter_before[0]:.1f}x) before; p50 "
+          f"{jitter_after[0]:.2f} ms, p99 {jitter_after[1]:.2f} ms "
+          f"({jitter_after[1] / jitter_after[0]:.1f}x) after")
     report(runs)
     return 0
 
