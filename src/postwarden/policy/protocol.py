@@ -124,15 +124,20 @@ class RequestDecoder:
         # makes and drops a TypeError, which cost as much as the rest of this test)
         if block.find(b"\r") >= 0 or block.find(b"\0") >= 0 or not block:
             return None  # the line-by-line path says what is wrong, or handles CR LF
-        lines = _text(block).split("\n")
-        if len(lines) > MAX_ATTRIBUTES:
+        text = _text(block)
+        if text.count("\n") >= MAX_ATTRIBUTES:
             return None
         attributes: dict[str, str] = {}
-        for line in lines:
-            name, equals, value = line.partition("=")
-            if not equals or not name:
-                return None
-            attributes[name] = value  # a duplicate: the last one wins
+        start, length = 0, len(text)
+        while start <= length:  # each line: name=value, the name not empty
+            stop = text.find("\n", start)
+            if stop < 0:
+                stop = length
+            equals = text.find("=", start, stop)
+            if equals <= start:
+                return None  # no '=' (-1), or an empty name
+            attributes[text[start:equals]] = text[equals + 1:stop]  # a duplicate: last wins
+            start = stop + 1
         if attributes.get("request") != REQUEST_NAME:
             return None
         del self._buffer[:end + 2]

@@ -201,3 +201,23 @@ def test_fuzz_round_trip(attributes: dict[str, str], chunk: int) -> None:
     ) + b"\n"
     (request,) = decode(stream, chunk)
     assert dict(request.attributes) == {"request": "smtpd_access_policy", **attributes}
+
+
+def outcome(stream: bytes, chunk: int) -> list[dict[str, str]] | str:
+    """The requests' attributes, or the protocol error's text."""
+    try:
+        return [dict(request.attributes) for request in decode(stream, chunk)]
+    except ProtocolError as exc:
+        return str(exc)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from([b"request=smtpd_access_policy", b"a=1", b"a=2", b"=x",
+                                 b"b", b"c==d", b"", b"e=\xff\xfe", b"f=\xc3\xb6", b"\r",
+                                 b"g=h\r", b"=", b"i=\0"]), max_size=12))
+def test_fast_path_and_line_by_line_agree(lines: list[bytes]) -> None:
+    """A request fed whole takes the one-pass path; fed a byte at a time it is read line
+    by line. Both must find the same attributes, or fail with the same error (the fast
+    path leaves anything unusual to the line-by-line one, which names it)."""
+    stream = b"\n".join(lines) + b"\n\n"
+    assert outcome(stream, len(stream)) == outcome(stream, 1)
