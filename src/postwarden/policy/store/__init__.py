@@ -32,7 +32,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 from urllib.parse import urlsplit
@@ -156,11 +156,12 @@ class Store(Protocol):
         """Record an attempt atomically (``greylist_step``) and say what was there."""
         ...
 
-    async def greylist(self, triplet: Triplet, client: str, now: int,
-                       timing: GreylistTiming, awl_clients: int) -> GreylistOutcome:
+    def greylist(self, triplet: Triplet, client: str, now: int, timing: GreylistTiming,
+                 awl_clients: int) -> Awaitable[GreylistOutcome]:
         """One greylist request in one step (``greylist_request``): the client's
         auto-whitelist (``awl_clients`` passes, 0 for none), else the triplet's attempt,
-        and the client's first pass counted."""
+        and the client's first pass counted. (This and ``rate_consume``, the calls of
+        every request, may return a future rather than be coroutines.)"""
         ...
 
     async def awl_count(self, client: str, now: int) -> int:
@@ -175,8 +176,8 @@ class Store(Protocol):
         """Raise the client's count to at least ``count`` (the CLI's ``whitelist``)."""
         ...
 
-    async def rate_consume(self, charges: Sequence[RateCharge],
-                           now: float) -> tuple[RateResult, ...]:
+    def rate_consume(self, charges: Sequence[RateCharge],
+                     now: float) -> Awaitable[tuple[RateResult, ...]]:
         """Spend every charge, or none of them when any one does not fit."""
         ...
 

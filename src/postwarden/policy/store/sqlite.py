@@ -65,10 +65,10 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 from postwarden.policy.store import (
     Attempt,
@@ -101,7 +101,6 @@ WAL_SIZE_LIMIT = 64 * 1024 * 1024  # bytes: a WAL bigger than this is cut back w
 # greylist of 100,000 triplets; each page it must read again is a pread() on the loop).
 CACHE_KIB = 32 * 1024
 T = TypeVar("T")
-_LOCKED = object()  # a job's "result" when the loop gave up waiting for the write lock
 # What a job runs its statements on: the loop's jobs get one cursor kept for them (a new
 # cursor per statement, as Connection.execute makes, was 1% of a request's instructions);
 # on the worker thread, its connection.
@@ -152,22 +151,25 @@ class SqliteStore:
         self._opening: asyncio.Future[sqlite3.Connection] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None  # the one _run last ran on
 
-    async def _run(self, work: Callable[[Statements], T]) -> T:
+    def _run(self, work: Callable[[Statements], T]) -> Awaitable[T]:
         """Queue ``work`` for the loop's next group commit (on the worker when another
-        process keeps the write lock); its result once it is committed."""
+        process keeps the write lock); its result once it is committed. Once the loop's
+        connection is open that is the job's future itself, with no coroutine around it
+        (a request's greylist step awaits it directly: 1% of its instructions)."""
         if self._loop_db is None:
-            await self._open()
+            return self._open_and_run(work)
         loop = self._loop  # (Python 3.11's get_running_loop() makes a getpid() call)
         if loop is None or not loop.is_running():
             loop = self._loop = asyncio.get_running_loop()
-        future: asyncio.Future[Any] = loop.create_future()
+        future: asyncio.Future[T] = loop.create_future()
         self._queued.append((work, future))
         if self._flush_handle is None and not self._paused:
             self._flush_handle = loop.call_soon(self._flush)
-        value = await future
-        if value is _LOCKED:
-            return await self._in_thread(work)
-        return cast(T, value)
+        return future
+
+    async def _open_and_run(self, work: Callable[[Statements], T]) -> T:
+        await self._open()
+        return await self._run(work)
 
     async def _open(self) -> sqlite3.Connection:
         """The loop's connection; concurrent first calls share one opening."""
@@ -263,7 +265,9 @@ class SqliteStore:
         if self._locked_since is None:
             self._locked_since = now
         if now - self._locked_since >= LOCK_PATIENCE:
-            _settle_all([(future, True, _LOCKED) for _, future in jobs])
+            for work, future in jobs:  # the same futures, answered from the worker
+                if not future.cancelled():
+                    self._to_worker(_Job(work, future, loop, True))
             self._locked_since = None
             return
         self._queued[:0] = jobs  # first in the next attempt, with whatever came meanwhile
@@ -321,12 +325,17 @@ class SqliteStore:
                          transaction: bool = True) -> T:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
+        self._to_worker(_Job(work, future, loop, transaction))
+        return await future
+
+    def _to_worker(self, job: _Job) -> None:
+        """Hand a job to the worker thread (started on first use); it settles the job's
+        future on the job's loop."""
         if self._thread is None:
             self._thread = threading.Thread(target=self._worker, name="pw-sqlite",
                                             daemon=True)
             self._thread.start()
-        self._jobs.put(_Job(work, future, loop, transaction))
-        return await future
+        self._jobs.put(job)
 
     def _worker(self) -> None:
         """Group commit: every job waiting when the thread wakes runs in one transaction,
@@ -424,8 +433,8 @@ class SqliteStore:
                                timing: GreylistTiming) -> Attempt:
         return await self._run(lambda db: _greylist_attempt(db, triplet, now, timing))
 
-    async def greylist(self, triplet: Triplet, client: str, now: int,
-                       timing: GreylistTiming, awl_clients: int) -> GreylistOutcome:
+    def greylist(self, triplet: Triplet, client: str, now: int, timing: GreylistTiming,
+                 awl_clients: int) -> Awaitable[GreylistOutcome]:
         """``greylist_request``'s steps as one job of the group commit. Both records are
         read with one statement (one execute less per request than two lookups)."""
         def work(db: Statements) -> GreylistOutcome:
@@ -445,7 +454,7 @@ class SqliteStore:
                 bumped = _awl_bump(db, client, awl, now, timing.max_age)
                 return GreylistOutcome(attempt, bumped == awl_clients)
             return outcome
-        return await self._run(work)
+        return self._run(work)
 
     async def awl_count(self, client: str, now: int) -> int:
         def work(db: Statements) -> int:
@@ -472,8 +481,8 @@ class SqliteStore:
             return new
         return await self._run(work)
 
-    async def rate_consume(self, charges: Sequence[RateCharge],
-                           now: float) -> tuple[RateResult, ...]:
+    def rate_consume(self, charges: Sequence[RateCharge],
+                     now: float) -> Awaitable[tuple[RateResult, ...]]:
         def work(db: Statements) -> tuple[RateResult, ...]:
             results: list[RateResult] = []
             states: dict[str, RateState] = {}
@@ -491,7 +500,7 @@ class SqliteStore:
                                [(key, s.a, s.b, s.c, s.expires)
                                 for key, s in states.items()])
             return tuple(results)
-        return await self._run(work)
+        return self._run(work)
 
     async def list_triplets(self, now: int, limit: int = 10_000) -> list[TripletEntry]:
         def work(db: Statements) -> list[TripletEntry]:
