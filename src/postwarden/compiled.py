@@ -32,7 +32,7 @@ from importlib.machinery import EXTENSION_SUFFIXES
 # package -> its modules compiled together (what the build script compiles)
 PACKAGES = {
     "logs": ("events", "patterns", "parse_builders", "parse", "summary", "summary_parallel"),
-    "policy": ("protocol", "model", "greylist", "service", "server"),
+    "policy": ("protocol", "model", "state", "greylist", "service", "server"),
 }
 SHARED_LIBRARY = "_compiled__mypyc"   # mypyc's code for one package (its group's library)
 _SOURCE_ROOT = os.path.dirname(os.path.abspath(__file__))

@@ -13,11 +13,12 @@ Theory of operation
    ``BEGIN IMMEDIATE`` transaction in SQLite, one Lua script in Redis. Two requests for
    the same triplet, or two MX hosts spending one rate budget, can therefore never both
    read the old value.
-2. The decisions themselves are the pure functions of this module (``greylist_step``,
-   ``awl_step``, ``rate_step``). SQLite calls them in its transaction; the Redis Lua
-   scripts are line-for-line transcriptions of them, with every number stored as
-   ``%.17g`` so that doubles round-trip exactly. The shared test suite runs the same
-   assertions on both, which is what keeps the transcription honest.
+2. The decisions themselves are pure functions (``greylist_step``, ``awl_step``,
+   ``rate_step``, in ``postwarden.policy.state`` with the records, re-exported here).
+   SQLite calls them in its transaction; the Redis Lua scripts are line-for-line
+   transcriptions of them, with every number stored as ``%.17g`` so that doubles round-trip
+   exactly. The shared test suite runs the same assertions on both, which is what keeps the
+   transcription honest.
 3. Every record carries its own ``expires`` time, computed when it is written, after which
    it means exactly what an absent record means. Reads ignore expired records, so when the
    incremental ``expire(now, batch)`` gets round to deleting one changes no answer. Expiry
@@ -31,121 +32,64 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 from collections.abc import Awaitable, Sequence
-from dataclasses import dataclass
 from typing import Protocol
 from urllib.parse import urlsplit
 
 from postwarden.errors import PostwardenError
 from postwarden.policy.model import Clock
+from postwarden.policy.state import (
+    ALGORITHMS,
+    AWL_INTERVAL,
+    SLIDING_WINDOW,
+    TOKEN_BUCKET,
+    Attempt,
+    AwlEntry,
+    GreylistOutcome,
+    GreylistTiming,
+    RateCharge,
+    RateResult,
+    RateState,
+    Triplet,
+    TripletEntry,
+    awl_step,
+    greylist_step,
+    rate_step,
+)
 
 log = logging.getLogger(__name__)
 
-TOKEN_BUCKET = "token_bucket"  # noqa: S105 - an algorithm name, not a password
-SLIDING_WINDOW = "sliding_window"
-ALGORITHMS = (TOKEN_BUCKET, SLIDING_WINDOW)
-AWL_INTERVAL = 3600  # postgrey: an auto-whitelist counter moves at most once an hour
+__all__ = [  # the records and steps, from postwarden.policy.state, and this module's own
+    "ALGORITHMS",
+    "AWL_INTERVAL",
+    "SLIDING_WINDOW",
+    "TOKEN_BUCKET",
+    "Attempt",
+    "AwlEntry",
+    "GreylistOutcome",
+    "GreylistTiming",
+    "RateCharge",
+    "RateResult",
+    "RateState",
+    "Store",
+    "StoreError",
+    "Triplet",
+    "TripletEntry",
+    "awl_step",
+    "expire_forever",
+    "greylist_request",
+    "greylist_step",
+    "open_store",
+    "rate_step",
+    "sqlite_path",
+]
+
 
 
 class StoreError(PostwardenError):
     """The state store cannot be reached or used; the service answers fail-safe."""
 
     failure_kind = "store"  # how the service counts it (policy.service)
-
-
-@dataclass(frozen=True)
-class GreylistTiming:
-    """The three durations a greylist attempt needs (whole seconds)."""
-
-    delay: int = 300
-    retry_window: int = 2 * 86400
-    max_age: int = 35 * 86400
-
-
-@dataclass(frozen=True)
-class Triplet:
-    """What a greylist request is keyed on, already normalised and lower-cased."""
-
-    client: str      # the client network ("192.0.2.0"), or the SPF-validated domain
-    sender: str
-    recipient: str
-
-    @property
-    def key(self) -> str:
-        return f"{self.client}/{self.sender}/{self.recipient}"
-
-
-@dataclass(frozen=True)
-class Attempt:
-    """The outcome of recording one delivery attempt of a triplet."""
-
-    first: int                 # first seen (after a retry-window reset: now)
-    previous_last: int | None  # last seen before this attempt; None for a new triplet
-    passed_before: bool        # whether the triplet had already passed the delay
-
-
-@dataclass(frozen=True)
-class GreylistOutcome:
-    """What one greylist request found and recorded (``Store.greylist``)."""
-
-    attempt: Attempt | None    # None: the client is auto-whitelisted, no triplet touched
-    whitelisted_now: bool      # this pass brought the client to the auto-whitelist count
-
-    def passed(self, now: int, timing: GreylistTiming) -> bool:
-        return self.attempt is None or now - self.attempt.first >= timing.delay
-
-
-@dataclass(frozen=True)
-class TripletEntry:
-    """A stored triplet, for listing."""
-
-    key: str
-    client: str
-    sender: str
-    recipient: str
-    first: int
-    last: int
-    expires: float
-
-    def passed(self, delay: int) -> bool:
-        return self.last - self.first >= delay
-
-
-@dataclass(frozen=True)
-class AwlEntry:
-    client: str
-    count: int
-    last: int
-    expires: float
-
-
-@dataclass(frozen=True)
-class RateCharge:
-    """Spend ``cost`` from the budget ``limit`` per ``window`` seconds kept under ``key``."""
-
-    key: str
-    algorithm: str
-    limit: int
-    window: float
-    cost: int
-
-
-@dataclass(frozen=True)
-class RateResult:
-    allowed: bool
-    remaining: float     # what is left of the budget after this request
-    retry_after: float   # seconds until this cost would fit (0 when allowed)
-
-
-@dataclass(frozen=True)
-class RateState:
-    """A stored bucket: token bucket (tokens, updated, 0); window counter (start, prev, cur)."""
-
-    a: float
-    b: float
-    c: float
-    expires: float
 
 
 class Store(Protocol):
@@ -203,30 +147,6 @@ class Store(Protocol):
         ...
 
 
-def greylist_step(previous: tuple[int, int] | None, now: int,
-                  timing: GreylistTiming) -> tuple[Attempt, int, float]:
-    """postgrey 1.37's update of a triplet: the attempt, the new first seen, and expiry.
-
-    ``previous`` is (first, last) of a live record. A record that never passed the delay
-    and whose first attempt is older than the retry window starts again; a first-seen in
-    the future (clock stepped back) is corrected to now.
-    """
-    if previous is None:
-        first, passed_before, last = now, False, None
-    else:
-        first, last = previous
-        passed_before = last - first >= timing.delay
-        if not passed_before and now - first > timing.retry_window:
-            first = now
-        first = min(first, now)
-    if now - first >= timing.delay:
-        expires = float(now + timing.max_age)
-    else:
-        # Never passed: dead once the retry window has run out (then it would be reset).
-        expires = float(min(first + timing.retry_window + 1, now + timing.max_age))
-    return Attempt(first, last, passed_before), first, expires
-
-
 async def greylist_request(store: Store, triplet: Triplet, client: str, now: int,
                            timing: GreylistTiming, awl_clients: int) -> GreylistOutcome:
     """``Store.greylist`` from the store's single steps, each atomic on its own.
@@ -244,55 +164,6 @@ async def greylist_request(store: Store, triplet: Triplet, client: str, now: int
         count = await store.awl_bump(client, now, timing.max_age)
         return GreylistOutcome(attempt, count == awl_clients)
     return outcome
-
-
-def awl_step(previous: tuple[int, int] | None, now: int,
-             max_age: int) -> tuple[int, int, float] | None:
-    """The new (count, last, expires) after a pass, or None when the hour is not up."""
-    count, last = previous if previous is not None else (0, None)
-    if last is not None and last <= now < last + AWL_INTERVAL:
-        return None
-    return count + 1, now, float(now + max_age)
-
-
-def rate_step(state: RateState | None, charge: RateCharge,
-              now: float) -> tuple[RateResult, RateState]:
-    """One bucket's answer and its new state (to be written only if all charges fit).
-
-    Token bucket: ``limit`` tokens, refilled continuously at ``limit/window`` a second.
-    Sliding window: the two-counter estimate, the previous fixed window weighted by how
-    much of it still overlaps the sliding one. Requests that do not fit are not counted.
-    """
-    limit = float(charge.limit)
-    cost = float(charge.cost)
-    window = float(charge.window)
-    if charge.algorithm == TOKEN_BUCKET:
-        rate = limit / window
-        tokens = limit if state is None else \
-            min(limit, state.a + max(0.0, now - state.b) * rate)
-        if cost <= tokens:
-            tokens = tokens - cost
-            result = RateResult(True, tokens, 0.0)
-        elif cost > limit:
-            result = RateResult(False, tokens, window)
-        else:
-            result = RateResult(False, tokens, (cost - tokens) / rate)
-        return result, RateState(tokens, now, 0.0, now + (limit - tokens) / rate)
-    start = float(math.floor(now / window)) * window
-    prev = 0.0
-    cur = 0.0
-    if state is not None:
-        if state.a == start:
-            prev, cur = state.b, state.c
-        elif state.a == start - window:
-            prev = state.c
-    estimate = prev * (1.0 - (now - start) / window) + cur
-    if estimate + cost <= limit:
-        cur = cur + cost
-        result = RateResult(True, limit - estimate - cost, 0.0)
-    else:
-        result = RateResult(False, max(0.0, limit - estimate), start + window - now)
-    return result, RateState(start, prev, cur, start + 2.0 * window)
 
 
 def open_store(url: str) -> Store:
