@@ -19,16 +19,16 @@ epoll loop with requests encoded before the clock starts, so it costs little CPU
 request and leaves the machine's CPUs to the servers. Postwarden runs once per
 ``--policyd-workers`` count (the rows ``w=1``, ``w=2``: processes sharing the socket and
 the SQLite file). Each run starts every server afresh, in alternating order; with
-``--runs N`` the table shows medians over the runs and the range of requests per second,
-since on a shared machine single runs vary. Per server and scenario: requests per second,
-p50 and p99 latency, CPU per request of the server (user+system from /proc/PID/stat,
-threads and worker processes included) and of this client, then the ratio of each
-postwarden row to postgrey. The load average before and after is printed as a noise
+``--runs N`` the table shows medians over the runs and the ranges of requests per second
+and of p99, since on a shared machine single runs vary. Per server and scenario: requests
+per second, p50 and p99 latency, CPU per request of the server (user+system from
+/proc/PID/stat, threads and worker processes included) and of this client, then the ratio
+of each postwarden row to postgrey. The load average before and after is printed as a noise
 indicator, and so is the machine's own tail: a fixed block of CPU work (about 1 ms) timed
 again and again, before and after, with nothing of the benchmark running. On a quiet
-machine its p99 is close to its p50; on the shared VM this was written on it was 1.3 to
-1.9 times its p50 in samples seconds apart, and a server's p99 at saturation is stretched
-as much, whatever the server does. The load is closed-loop: with N connections there are
+machine its p99 is close to its p50; on the shared VM this was written on it was 1.3 to 1.9
+times its p50 in samples seconds apart, and a server's p99 at saturation is stretched as
+much, whatever the server does. The load is closed-loop: with N connections there are
 always N requests in flight, so mean latency is N divided by the rate (Little's law).
 ``--rate R`` makes it open-loop instead: R requests per second offered in total, each
 connection still one request at a time, latency counted from when a request was due; that
@@ -354,28 +354,30 @@ def report(runs: list[dict[str, Table]]) -> None:
     """Per scenario: each server's median over the runs, the spread of its rate, and the
     ratio of each postwarden row to postgrey's medians."""
     print(f"{'scenario':8} {'conc':>4} {'server':14} {'req/s':>7} {'(min-max)':>13} "
-          f"{'p50 ms':>7} {'p99 ms':>7} {'srv CPU':>8} {'client CPU':>10}")
+          f"{'p50 ms':>7} {'p99 ms':>7} {'(min-max)':>11} {'srv CPU':>8} {'client CPU':>10}")
     names = ["postgrey", *sorted(name for name in runs[0] if name != "postgrey")]
     for key in runs[0]["postgrey"]:
         medians: dict[str, tuple[float, float, float, float]] = {}
         for name in names:
             results = [run[name][key] for run in runs]
             rates = [r.rate for r in results]
+            p99s = [r.percentile(0.99) * 1000 for r in results]
             medians[name] = (median(rates),
                              median([r.percentile(0.5) * 1000 for r in results]),
-                             median([r.percentile(0.99) * 1000 for r in results]),
+                             median(p99s),
                              median([r.cpu_seconds / r.requests * 1e6 for r in results]))
             client = median([r.client_cpu_seconds / r.requests * 1e6 for r in results])
             rate, p50, p99, cpu = medians[name]
             spread = f"{min(rates):.0f}-{max(rates):.0f}"
+            tail = f"{min(p99s):.2f}-{max(p99s):.2f}"
             print(f"{key[0]:8} {key[1]:4} {name:14} {rate:7.0f} {spread:>13} {p50:7.2f} "
-                  f"{p99:7.2f} {cpu:5.0f} us {client:7.0f} us")
+                  f"{p99:7.2f} {tail:>11} {cpu:5.0f} us {client:7.0f} us")
         theirs = medians["postgrey"]
         for name in names[1:]:
             ours = medians[name]
             label = "ratio " + name.split()[-1]
             print(f"{'':8} {'':4} {label:14} {ours[0] / theirs[0]:6.1f}x {'':13} "
-                  f"{ours[1] / theirs[1]:6.2f}x {ours[2] / theirs[2]:6.2f}x "
+                  f"{ours[1] / theirs[1]:6.2f}x {ours[2] / theirs[2]:6.2f}x {'':11} "
                   f"{ours[3] / max(theirs[3], 1e-9):5.2f}x")
 
 
